@@ -1,0 +1,250 @@
+"""The ``embedsvc`` command: serve, index, search, embed, eval."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from embedsvc.config import ServiceConfig
+from embedsvc.errors import EmbedsvcError
+
+app = typer.Typer(
+    help="embedsvc: embedding and retrieval service for sentence representations.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+#: the SciFact corpus next to this checkout (../shared/data), used by `serve --demo`
+DEMO_CORPUS = Path(__file__).resolve().parents[2] / "shared/data/scifact/corpus.jsonl.gz"
+DEMO_COLLECTION = "scifact"
+
+
+def _fail(exc: EmbedsvcError) -> None:
+    typer.echo(f"error: {exc.message}", err=True)
+    raise typer.Exit(2)
+
+
+def _config(config: Path | None, **overrides: Any) -> ServiceConfig:
+    try:
+        return ServiceConfig.load(config, **overrides)
+    except (OSError, ValueError) as exc:
+        typer.echo(f"error: cannot read config {config}: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+def _index_into_engine(engine, path: Path, collection: str, batch_size: int) -> dict[str, int]:
+    """Embed and upsert a document file in chunks (resumable: unchanged ids are skipped)."""
+    from tqdm import tqdm
+
+    from embedsvc.documents import count_documents, read_documents
+    from embedsvc.engine import Document, UpsertCounts
+
+    total = UpsertCounts()
+    docs = read_documents(path)
+    with tqdm(total=count_documents(path), unit="doc", desc=f"index {collection}") as bar:
+        while chunk := list(itertools.islice(docs, batch_size)):
+            batch = [Document(d["id"], d["text"], d["metadata"]) for d in chunk]
+            total += engine.upsert(collection, batch)
+            bar.update(len(chunk))
+    engine.collections.get(collection).checkpoint()
+    return vars(total)
+
+
+def _ensure_collection(engine, name: str, strategy: str, index_kind: str | None) -> None:
+    from embedsvc.errors import NotFound
+
+    try:
+        engine.collections.get(name)
+    except NotFound:
+        engine.create_collection(name, strategy=strategy, index_kind=index_kind)
+
+
+@app.command()
+def serve(
+    host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
+    port: int = typer.Option(None, help="port (default 50051; 0 = any free port)"),
+    data_dir: Path = typer.Option(None, help="where collections persist (default ./indexes)"),
+    config: Path = typer.Option(
+        None, envvar="EMBEDSVC_CONFIG", help="YAML/JSON config file (see embedsvc.config)"
+    ),
+    demo: bool = typer.Option(
+        False, help=f"create and fill the '{DEMO_COLLECTION}' collection from the SciFact corpus"
+    ),
+    demo_corpus: Path = typer.Option(DEMO_CORPUS, help="corpus for --demo"),
+    log_level: str = typer.Option("INFO"),
+) -> None:
+    """Run the gRPC server until SIGTERM/SIGINT (then drain and checkpoint)."""
+    from embedsvc.server import serve as run
+
+    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    cfg = _config(config, host=host, port=port, data_dir=data_dir)
+
+    def warm_up(engine) -> None:
+        if demo:
+            _ensure_collection(engine, DEMO_COLLECTION, "mean", "flat")
+            counts = _index_into_engine(engine, demo_corpus, DEMO_COLLECTION, 256)
+            logging.getLogger("embedsvc").info("demo collection ready: %s", counts)
+
+    run(cfg, warm_up=warm_up)
+
+
+@app.command()
+def index(
+    file: Path = typer.Argument(..., help="JSONL(.gz) or Parquet with id, text, metadata"),
+    collection: str = typer.Option(..., "--collection", "-c"),
+    strategy: str = typer.Option("mean", help="strategy when the collection is created"),
+    index_kind: str = typer.Option(None, help="index kind when created (flat, ivf, hnsw, ...)"),
+    server: str = typer.Option(None, help="host:port of a running server (else in-process)"),
+    data_dir: Path = typer.Option(None, help="in-process: where collections persist"),
+    config: Path = typer.Option(None),
+    batch_size: int = typer.Option(256, min=1),
+) -> None:
+    """Index a document file into a collection, with a progress bar. Re-running resumes."""
+    try:
+        if server:
+            counts = _index_via_server(server, file, collection, strategy, index_kind, batch_size)
+        else:
+            from embedsvc.engine import Engine
+
+            engine = Engine(_config(config, data_dir=data_dir))
+            try:
+                _ensure_collection(engine, collection, strategy, index_kind)
+                counts = _index_into_engine(engine, file, collection, batch_size)
+            finally:
+                engine.close()
+    except EmbedsvcError as exc:
+        _fail(exc)
+    typer.echo(json.dumps(counts))
+
+
+def _index_via_server(
+    target: str, file: Path, collection: str, strategy: str, index_kind: str | None, chunk: int
+) -> dict[str, int]:
+    import grpc
+    from tqdm import tqdm
+
+    from embedsvc.client import EmbedsvcClient
+    from embedsvc.documents import count_documents, read_documents
+
+    with EmbedsvcClient(target) as client:
+        try:
+            client.get_collection(collection)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            client.create_collection(collection, strategy=strategy, index_kind=index_kind or "")
+        bar = tqdm(total=count_documents(file), unit="doc", desc=f"index {collection}")
+
+        def counted():
+            for doc in read_documents(file):
+                bar.update(1)
+                yield doc
+
+        response = client.upsert(collection, counted(), chunk_size=chunk)
+        bar.close()
+    return {
+        "received": response.received,
+        "inserted": response.inserted,
+        "updated": response.updated,
+        "unchanged": response.unchanged,
+    }
+
+
+@app.command()
+def search(
+    queries: list[str] = typer.Argument(..., help="one or more query texts"),
+    collection: str = typer.Option(..., "--collection", "-c"),
+    top_k: int = typer.Option(10, "--top-k", "-k"),
+    filter: str = typer.Option(None, help='metadata equality filter as JSON: {"key": value}'),
+    server: str = typer.Option(None, help="host:port of a running server (else in-process)"),
+    data_dir: Path = typer.Option(None),
+    config: Path = typer.Option(None),
+) -> None:
+    """Search a collection; prints one JSON line per query."""
+    flt = json.loads(filter) if filter else None
+    try:
+        if server:
+            from embedsvc.client import EmbedsvcClient
+
+            with EmbedsvcClient(server) as client:
+                results = client.search(collection, queries, top_k, flt)
+        else:
+            from embedsvc.engine import Engine
+
+            engine = Engine(_config(config, data_dir=data_dir))
+            try:
+                results = engine.search(collection, queries, top_k, flt)
+            finally:
+                engine.close()
+    except EmbedsvcError as exc:
+        _fail(exc)
+    for query, hits in zip(queries, results):
+        rows = [{"id": h.id, "score": round(float(h.score), 5), "text": h.text} for h in hits]
+        typer.echo(json.dumps({"query": query, "hits": rows}))
+
+
+@app.command()
+def embed(
+    texts: list[str] = typer.Argument(None, help="texts (default: one per line on stdin)"),
+    strategy: str = typer.Option("mean"),
+    role: str = typer.Option("query", help="query | passage"),
+    output: Path = typer.Option(None, help="write a .npy file instead of JSON lines"),
+) -> None:
+    """Embed texts in-process; prints one JSON array per text (or writes .npy)."""
+    import numpy as np
+
+    from embedsvc.strategies import Role, get_strategy
+
+    texts = texts or [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    try:
+        emb = get_strategy(strategy).encode(texts, Role(role))
+    except EmbedsvcError as exc:
+        _fail(exc)
+    except ValueError:
+        typer.echo("error: --role must be query or passage", err=True)
+        raise typer.Exit(2) from None
+    if output:
+        np.save(output, emb.vectors)
+        typer.echo(f"wrote {emb.vectors.shape} {emb.vectors.dtype} to {output}")
+        return
+    for row in emb.vectors:
+        typer.echo(json.dumps([round(float(x), 6) for x in row]))
+
+
+@app.command()
+def health(
+    server: str = typer.Option("localhost:50051", help="host:port"),
+    service: str = typer.Option("", help="service name ('' = the whole server)"),
+) -> None:
+    """Exit 0 when the server's grpc.health.v1 status is SERVING (for container health checks)."""
+    import grpc
+
+    from embedsvc.client import EmbedsvcClient
+
+    with EmbedsvcClient(server) as client:
+        try:
+            status = client.health(service)
+        except grpc.RpcError as exc:
+            typer.echo(f"{server}: {exc.code().name}", err=True)
+            raise typer.Exit(1) from None
+    typer.echo(status)
+    raise typer.Exit(0 if status == "SERVING" else 1)
+
+
+def _mount_subcommands() -> None:
+    from embedsvc.eval.cli import eval_app
+
+    app.add_typer(eval_app, name="eval", help="Evaluate a strategy on STS or retrieval data.")
+
+
+_mount_subcommands()
+
+
+if __name__ == "__main__":
+    app()

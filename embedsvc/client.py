@@ -1,0 +1,187 @@
+"""A small Python client for the embedsvc gRPC API.
+
+>>> client = EmbedsvcClient("localhost:50051")
+>>> client.wait_ready()
+>>> vectors = client.embed(["hello world"])               # numpy float32 [1, 384]
+>>> client.create_collection("docs", strategy="mean", index_kind="hnsw")
+>>> client.upsert("docs", [{"id": "1", "text": "hello", "metadata": {"lang": "en"}}])
+>>> client.search("docs", ["greeting"], top_k=3, filter={"lang": "en"})
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from embedsvc.server.convert import dict_to_struct, struct_to_dict, tensor_to_numpy
+from embedsvc.v1 import collection_service_pb2 as cpb
+from embedsvc.v1 import collection_service_pb2_grpc as cgrpc
+from embedsvc.v1 import embedding_service_pb2 as epb
+from embedsvc.v1 import embedding_service_pb2_grpc as egrpc
+from embedsvc.v1 import types_pb2
+
+_ROLES = {"query": types_pb2.ROLE_QUERY, "passage": types_pb2.ROLE_PASSAGE}
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str
+    metadata: dict[str, Any]
+
+
+class EmbedsvcClient:
+    """Blocking client; every method raises ``grpc.RpcError`` with the server's status."""
+
+    def __init__(self, target: str = "localhost:50051", timeout: float = 600.0) -> None:
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.max_send_message_length", 64 * 1024 * 1024),
+            ],
+        )
+        self.timeout = timeout
+        self.embeddings = egrpc.EmbeddingServiceStub(self.channel)
+        self.collections = cgrpc.CollectionServiceStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> EmbedsvcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def health(self, service: str = "") -> str:
+        """SERVING / NOT_SERVING / UNKNOWN as the standard health service says."""
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_ready(self, timeout: float = 300.0) -> None:
+        """Block until the server reports SERVING (models loaded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if self.health() == "SERVING":
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not SERVING after {timeout:.0f}s")
+            time.sleep(0.2)
+
+    def list_strategies(self) -> list[epb.StrategyInfo]:
+        return list(
+            self.embeddings.ListStrategies(
+                epb.ListStrategiesRequest(), timeout=self.timeout
+            ).strategies
+        )
+
+    def embed_response(
+        self,
+        texts: list[str],
+        strategy: str = "",
+        role: str = "query",
+        normalize: bool = True,
+        strict_length: bool = False,
+    ) -> epb.EmbedResponse:
+        return self.embeddings.Embed(
+            epb.EmbedRequest(
+                texts=texts,
+                strategy=strategy,
+                role=_ROLES[role],
+                normalize=normalize,
+                strict_length=strict_length,
+            ),
+            timeout=self.timeout,
+        )
+
+    def embed(self, texts: list[str], strategy: str = "", role: str = "query", **kw) -> np.ndarray:
+        """float32 [n, d] for dense strategies, uint8 [n, bits/8] for binary ones."""
+        return tensor_to_numpy(self.embed_response(texts, strategy, role, **kw).vectors)
+
+    def create_collection(
+        self,
+        name: str,
+        strategy: str = "",
+        index_kind: str = "",
+        index_params: dict[str, Any] | None = None,
+    ) -> cpb.Collection:
+        request = cpb.CreateCollectionRequest(
+            name=name,
+            strategy=strategy,
+            index_kind=index_kind,
+            index_params={k: str(v) for k, v in (index_params or {}).items()},
+        )
+        return self.collections.CreateCollection(request, timeout=self.timeout).collection
+
+    def list_collections(self) -> list[cpb.Collection]:
+        return list(
+            self.collections.ListCollections(
+                cpb.ListCollectionsRequest(), timeout=self.timeout
+            ).collections
+        )
+
+    def get_collection(self, name: str) -> cpb.Collection:
+        return self.collections.GetCollection(
+            cpb.GetCollectionRequest(name=name), timeout=self.timeout
+        ).collection
+
+    def delete_collection(self, name: str) -> None:
+        self.collections.DeleteCollection(
+            cpb.DeleteCollectionRequest(name=name), timeout=self.timeout
+        )
+
+    def upsert(
+        self, collection: str, documents: Iterable[dict[str, Any]], chunk_size: int = 64
+    ) -> cpb.UpsertResponse:
+        """Stream ``documents`` ({id, text, metadata}) in chunks; one response at the end."""
+
+        def messages() -> Iterator[cpb.UpsertRequest]:
+            it = iter(documents)
+            while chunk := list(itertools.islice(it, chunk_size)):
+                yield cpb.UpsertRequest(
+                    collection=collection,
+                    documents=[
+                        cpb.Document(
+                            id=str(d["id"]),
+                            text=d["text"],
+                            metadata=dict_to_struct(d.get("metadata")),
+                        )
+                        for d in chunk
+                    ],
+                )
+
+        return self.collections.Upsert(messages(), timeout=self.timeout)
+
+    def delete(self, collection: str, ids: list[str]) -> int:
+        return self.collections.Delete(
+            cpb.DeleteRequest(collection=collection, ids=ids), timeout=self.timeout
+        ).deleted
+
+    def search(
+        self,
+        collection: str,
+        queries: list[str],
+        top_k: int = 10,
+        filter: dict[str, Any] | None = None,
+    ) -> list[list[Hit]]:
+        request = cpb.SearchRequest(collection=collection, queries=queries, top_k=top_k)
+        if filter:
+            request.filter.update(filter)
+        response = self.collections.Search(request, timeout=self.timeout)
+        return [
+            [Hit(h.id, h.score, h.text, struct_to_dict(h.metadata)) for h in result.hits]
+            for result in response.results
+        ]

@@ -1,0 +1,74 @@
+"""Typed configuration with defaults that work out of the box.
+
+One source of truth for the server, the CLI and the library: ``ServiceConfig`` reads a YAML/JSON
+file (``--config``) and ``EMBEDSVC_*`` environment variables (nested with ``__``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def default_cache_dir() -> Path:
+    """Where converted checkpoints and embedding caches live (never inside the repo)."""
+    env = os.environ.get("EMBEDSVC_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "embedsvc"
+
+
+class BatchingConfig(BaseModel):
+    """Cross-request batching of Embed and Search texts (TEI's max_batch_tokens idea)."""
+
+    max_batch_tokens: int = Field(4096, ge=1, description="token budget of one forward pass")
+    max_batch_texts: int = Field(256, ge=1)
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a request waits for company")
+    max_queue_texts: int = Field(8192, ge=1, description="past this, RESOURCE_EXHAUSTED")
+
+
+class LimitsConfig(BaseModel):
+    max_texts_per_request: int = Field(1024, ge=1)
+    max_text_chars: int = Field(100_000, ge=1, description="reject longer texts before tokenising")
+    max_top_k: int = Field(1000, ge=1)
+    max_queries_per_search: int = Field(256, ge=1)
+
+
+class ServiceConfig(BaseSettings):
+    """Everything the service needs; every field has a working default."""
+
+    model_config = SettingsConfigDict(env_prefix="EMBEDSVC_", env_nested_delimiter="__")
+
+    host: str = "127.0.0.1"
+    port: int = 50051
+    data_dir: Path = Path("indexes")
+    cache_dir: Path = Field(default_factory=default_cache_dir)
+    #: strategies loaded at start-up (others load on first use)
+    preload_strategies: list[str] = ["mean"]
+    #: torch | onnx
+    runtime: str = "torch"
+    torch_threads: int | None = None
+    grpc_workers: int = 32
+    batching: BatchingConfig = BatchingConfig()
+    limits: LimitsConfig = LimitsConfig()
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, **overrides: Any) -> ServiceConfig:
+        """Read a YAML or JSON config file (optional), then apply explicit overrides."""
+        data: dict[str, Any] = {}
+        if path is not None:
+            text = Path(path).read_text()
+            if str(path).endswith((".yaml", ".yml")):
+                import yaml
+
+                data = yaml.safe_load(text) or {}
+            else:
+                data = json.loads(text)
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**data)

@@ -1,0 +1,245 @@
+"""The engine: strategies + batcher + collections behind one set of plain Python calls.
+
+This is the layer every transport uses (gRPC today; the CLI in-process): it validates requests
+against the configured limits, routes texts through the cross-request :class:`Batcher`, and
+reads/writes collections. It raises :mod:`embedsvc.errors` exceptions only; turning them into
+status codes is the transport's job.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from embedsvc.batching import Batcher
+from embedsvc.collections.manager import CollectionManager
+from embedsvc.config import ServiceConfig
+from embedsvc.errors import InvalidArgument
+from embedsvc.strategies import Embedding, Role, Strategy, available_strategies, get_strategy
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRATEGY = "mean"
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class UpsertCounts:
+    received: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+
+    def __iadd__(self, other: UpsertCounts) -> UpsertCounts:
+        self.received += other.received
+        self.inserted += other.inserted
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        return self
+
+
+@dataclass
+class StrategyInfo:
+    name: str
+    description: str
+    kind: str
+    dim: int
+    max_tokens: int
+    loaded: bool
+
+
+class Engine:
+    """What the service does, as a library."""
+
+    def __init__(self, config: ServiceConfig | None = None) -> None:
+        self.config = config or ServiceConfig()
+        # strategies load their backbones through default_cache_dir(); point it at ours
+        os.environ["EMBEDSVC_CACHE_DIR"] = str(self.config.cache_dir)
+        self.batcher = Batcher(self.config.batching)
+        self.collections = CollectionManager(self.config.data_dir)
+        self._loaded: set[str] = set()
+        self._load_lock = threading.Lock()
+
+    # -- strategies ----------------------------------------------------------------------------
+
+    def strategy(self, name: str | None) -> Strategy:
+        """The shared instance of ``name`` (default ``mean``); NotFound lists valid names."""
+        name = name or DEFAULT_STRATEGY
+        strategy = get_strategy(name)
+        with self._load_lock:
+            self._loaded.add(name)
+        return strategy
+
+    def preload(self) -> None:
+        """Load the configured strategies' models now, so the first request is not slow."""
+        for name in self.config.preload_strategies:
+            strategy = self.strategy(name)
+            strategy.encode(["warm-up"], Role.QUERY)
+
+    def list_strategies(self) -> list[StrategyInfo]:
+        infos = []
+        for name, cls in available_strategies().items():
+            loaded = name in self._loaded
+            dim = max_tokens = 0
+            if loaded:
+                inst = get_strategy(name)
+                dim, max_tokens = inst.dim, inst.max_tokens
+            infos.append(
+                StrategyInfo(name, cls.description, cls.output_kind, dim, max_tokens, loaded)
+            )
+        return infos
+
+    # -- embedding -----------------------------------------------------------------------------
+
+    def _validate_texts(self, texts: list[str], what: str, limit: int) -> None:
+        if not texts:
+            raise InvalidArgument(f"{what} is empty; send at least one text", field=what)
+        if len(texts) > limit:
+            raise InvalidArgument(
+                f"{len(texts)} {what} in one call; the limit is {limit}: split the request",
+                field=what,
+            )
+        max_chars = self.config.limits.max_text_chars
+        for i, text in enumerate(texts):
+            if not text or not text.strip():
+                raise InvalidArgument(
+                    f"{what}[{i}] is empty; every text needs at least one non-space character",
+                    field=f"{what}[{i}]",
+                )
+            if len(text) > max_chars:
+                raise InvalidArgument(
+                    f"{what}[{i}] has {len(text)} characters; the limit is {max_chars}",
+                    field=f"{what}[{i}]",
+                )
+
+    def _encode(
+        self,
+        strategy: Strategy,
+        texts: list[str],
+        role: Role,
+        normalize: bool,
+        strict: bool,
+        what: str = "texts",
+    ) -> Embedding:
+        counts = strategy.count_tokens(texts, role)
+        if strict:
+            for i, n in enumerate(counts):
+                if n > strategy.max_tokens:
+                    raise InvalidArgument(
+                        f"{what}[{i}] has {n} tokens; strategy {strategy.name!r} takes at most "
+                        f"{strategy.max_tokens}: shorten it, or leave strict_length off to "
+                        "truncate",
+                        field=f"{what}[{i}]",
+                    )
+        tokens = sum(min(n, strategy.max_tokens) for n in counts)
+        return self.batcher.encode(strategy, texts, role, normalize, tokens)
+
+    def embed(
+        self,
+        texts: list[str],
+        strategy: str | None = None,
+        role: Role = Role.QUERY,
+        normalize: bool = True,
+        strict: bool = False,
+    ) -> Embedding:
+        self._validate_texts(texts, "texts", self.config.limits.max_texts_per_request)
+        return self._encode(self.strategy(strategy), texts, role, normalize, strict)
+
+    # -- collections ---------------------------------------------------------------------------
+
+    def create_collection(
+        self,
+        name: str,
+        strategy: str | None = None,
+        index_kind: str | None = None,
+        index_params: dict[str, Any] | None = None,
+    ):
+        strat = self.strategy(strategy)
+        kind = index_kind or ("binary" if strat.output_kind == "binary" else "flat")
+        return self.collections.create(
+            name,
+            strategy=strat.name,
+            output_kind=strat.output_kind,
+            dim=strat.dim,
+            index_kind=kind,
+            index_config=index_params or None,
+        )
+
+    def upsert(self, collection: str, documents: list[Document]) -> UpsertCounts:
+        """Embed and durably store ``documents``; returns only after the commit."""
+        coll = self.collections.get(collection)
+        counts = UpsertCounts(received=len(documents))
+        if not documents:
+            return counts
+        if len(documents) > self.config.limits.max_texts_per_request:
+            raise InvalidArgument(
+                f"{len(documents)} documents in one message; the limit is "
+                f"{self.config.limits.max_texts_per_request}: send smaller chunks",
+                field="documents",
+            )
+        latest: dict[str, Document] = {}
+        for i, doc in enumerate(documents):
+            if not doc.id:
+                raise InvalidArgument(
+                    f"documents[{i}] has no id; every document needs a unique string id",
+                    field=f"documents[{i}].id",
+                )
+            latest[doc.id] = doc  # the last copy of a repeated id wins
+        docs = list(latest.values())
+        self._validate_texts([d.text for d in docs], "documents.text", len(docs))
+        # Skip re-embedding what is already stored identically: re-sending a file (a resumed
+        # batch job, a retried stream) costs a lookup, not a forward pass.
+        stored = coll.get([d.id for d in docs])
+        todo = [
+            d
+            for d, old in zip(docs, stored)
+            if old is None or old.text != d.text or old.metadata != (d.metadata or {})
+        ]
+        counts.unchanged = len(documents) - len(todo)
+        if todo:
+            strat = self.strategy(coll.strategy)
+            emb = self._encode(strat, [d.text for d in todo], Role.PASSAGE, True, False)
+            result = coll.upsert(
+                [d.id for d in todo], [d.text for d in todo], [d.metadata for d in todo], emb
+            )
+            counts.inserted, counts.updated = result.inserted, result.updated
+            counts.unchanged += result.unchanged
+        return counts
+
+    def delete(self, collection: str, ids: list[str]) -> int:
+        if not ids:
+            raise InvalidArgument("ids is empty; name at least one document id", field="ids")
+        return self.collections.get(collection).delete(ids)
+
+    def search(
+        self,
+        collection: str,
+        queries: list[str],
+        top_k: int = 10,
+        filter: dict[str, Any] | None = None,
+    ):
+        """Nearest documents for each query, best first: ``list[list[Hit]]``."""
+        limits = self.config.limits
+        if top_k < 0 or top_k > limits.max_top_k:
+            raise InvalidArgument(
+                f"top_k={top_k} is out of range; use 1..{limits.max_top_k}", field="top_k"
+            )
+        coll = self.collections.get(collection)
+        self._validate_texts(queries, "queries", limits.max_queries_per_search)
+        strat = self.strategy(coll.strategy)
+        emb = self._encode(strat, queries, Role.QUERY, True, False, what="queries")
+        return coll.search(emb, top_k or 10, filter or None)
+
+    def close(self) -> None:
+        """Finish queued work and checkpoint every collection (graceful shutdown)."""
+        self.batcher.close()
+        self.collections.close()

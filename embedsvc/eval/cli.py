@@ -1,0 +1,125 @@
+"""``embedsvc eval``: run an evaluation from the shell and print its numbers.
+
+With ``--json`` stdout carries exactly one JSON object (anything a library prints while loading
+is diverted to stderr), so scripts can pipe it; progress bars always go to stderr. Every error a
+user can cause exits with status 2 and a one-line message.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from embedsvc.errors import EmbedsvcError
+
+eval_app = typer.Typer(
+    name="eval",
+    help="Measure a strategy on STS or BEIR retrieval data.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+StrategyOpt = Annotated[str, typer.Option("--strategy", "-s", help="strategy name, e.g. mean")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="print one JSON object on stdout")]
+CacheDirOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="embedding cache root (default: embedsvc cache dir)"),
+]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="always re-encode; write nothing")]
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf are not JSON; report them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _run(task: Callable[[], dict[str, Any]], as_json: bool) -> None:
+    try:
+        if as_json:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = task()
+        else:
+            result = task()
+    except EmbedsvcError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    result = {k: _finite(v) for k, v in result.items()}
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{result['task']} / {result['strategy']}", show_header=False)
+    for key, value in result.items():
+        if key in ("task", "strategy"):
+            continue
+        table.add_row(key, f"{value:.2f}" if isinstance(value, float) else str(value))
+    Console().print(table)
+
+
+def _strategy(name: str):
+    from embedsvc.strategies import get_strategy
+
+    return get_strategy(name)
+
+
+@eval_app.command("sts")
+def sts_command(
+    strategy: StrategyOpt,
+    file: Annotated[Path, typer.Option("--file", "-f", help="STS-B or SICK file")],
+    as_json: JsonOpt = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Spearman/Pearson x100 of the strategy's similarity against gold STS scores."""
+    from embedsvc.eval.sts import evaluate_sts
+
+    _run(
+        lambda: evaluate_sts(
+            _strategy(strategy), file, cache_dir=cache_dir, use_cache=not no_cache
+        ),
+        as_json,
+    )
+
+
+@eval_app.command("retrieval")
+def retrieval_command(
+    strategy: StrategyOpt,
+    corpus: Annotated[Path, typer.Option("--corpus", help="BEIR corpus.jsonl[.gz]")],
+    queries: Annotated[Path, typer.Option("--queries", help="BEIR queries.jsonl")],
+    qrels: Annotated[Path, typer.Option("--qrels", help="BEIR qrels TSV")],
+    as_json: JsonOpt = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """nDCG@10 and Recall@100 (x100) of exact search over the corpus."""
+    from embedsvc.eval.retrieval import evaluate_retrieval
+
+    _run(
+        lambda: evaluate_retrieval(
+            _strategy(strategy),
+            corpus,
+            queries,
+            qrels,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+        ),
+        as_json,
+    )
+
+
+if __name__ == "__main__":  # pragma: no cover
+    eval_app()

@@ -1,0 +1,111 @@
+"""Server assembly: engine + servicers + health + reflection, and a graceful run loop."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from embedsvc.config import ServiceConfig
+from embedsvc.engine import Engine
+from embedsvc.server.servicer import add_servicers
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+class Service:
+    """A built, not yet started, server with its engine and health state."""
+
+    def __init__(self, config: ServiceConfig, engine: Engine | None = None) -> None:
+        self.config = config
+        self.engine = engine or Engine(config)
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.grpc_workers),
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.service_names = add_servicers(self.server, self.engine)
+        self.health = health.HealthServicer(
+            experimental_non_blocking=True,
+            experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
+        )
+        self.set_serving(False)
+        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        if self.port == 0:
+            raise OSError(f"cannot bind {config.host}:{config.port}")
+        self._stopped = threading.Event()
+
+    def set_serving(self, serving: bool) -> None:
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", *self.service_names):
+            self.health.set(name, status)
+
+    def start(self, warm_up: Callable[[Engine], None] | None = None) -> None:
+        """Start answering; health turns SERVING once the models (and ``warm_up``) are ready."""
+        self.server.start()
+
+        def ready() -> None:
+            try:
+                self.engine.preload()
+                if warm_up is not None:
+                    warm_up(self.engine)
+            except Exception:
+                log.exception("start-up failed; health stays NOT_SERVING")
+                return
+            self.set_serving(True)
+            log.info("serving on %s:%d", self.config.host, self.port)
+
+        threading.Thread(target=ready, name="embedsvc-startup", daemon=True).start()
+
+    def stop(self, grace: float = 10.0) -> None:
+        """Drain: refuse new RPCs, let in-flight ones finish, then checkpoint collections."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self.set_serving(False)
+        self.server.stop(grace).wait()
+        self.engine.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def create_server(config: ServiceConfig | None = None) -> tuple[Service, int]:
+    """Build the service; bind ``port=0`` for a free port. Returns (service, bound port)."""
+    service = Service(config or ServiceConfig())
+    return service, service.port
+
+
+def serve(config: ServiceConfig, warm_up: Callable[[Engine], None] | None = None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    service, port = create_server(config)
+    done = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        log.info("signal %d: draining", signum)
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.start(warm_up)
+    print(f"embedsvc listening on {config.host}:{port}", flush=True)
+    done.wait()
+    service.stop()

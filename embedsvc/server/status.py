@@ -1,0 +1,75 @@
+"""The one place where errors become gRPC status codes.
+
+Library errors (:mod:`embedsvc.errors`) carry their code name and a message written for a person;
+the field at fault goes into a ``google.rpc.BadRequest`` detail. Anything else is a bug: the
+client gets INTERNAL with a request id, and the stack trace goes to the log, never to the wire.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from embedsvc.errors import EmbedsvcError
+
+log = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
+    """Map an exception to (code, message, rich status)."""
+    if isinstance(exc, EmbedsvcError):
+        code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
+        message = exc.message
+    else:
+        request_id = uuid.uuid4().hex[:12]
+        log.exception("internal error (request %s)", request_id)
+        code, message = grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}"
+    rich = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
+    field = getattr(exc, "field", None)
+    if field:
+        detail = any_pb2.Any()
+        detail.Pack(
+            error_details_pb2.BadRequest(
+                field_violations=[
+                    error_details_pb2.BadRequest.FieldViolation(field=field, description=message)
+                ]
+            )
+        )
+        rich.details.append(detail)
+    return code, message, rich
+
+
+def abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    """Abort the RPC with ``exc`` mapped to its status (raises, as grpc's abort does)."""
+    _, _, rich = to_status(exc)
+    context.abort_with_status(rpc_status.to_status(rich))
+
+
+def grpc_errors(method: F) -> F:
+    """Decorator for servicer methods: library errors become status codes, never crashes."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or _already_aborted(context):
+                raise
+            abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _already_aborted(context: grpc.ServicerContext) -> bool:
+    code = getattr(context, "code", lambda: None)()
+    return code is not None and code != grpc.StatusCode.OK

@@ -1,0 +1,89 @@
+"""The cross-request batcher, on the model-free debug engine."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from embedsvc.batching import Batcher
+from embedsvc.config import BatchingConfig
+from embedsvc.errors import ResourceExhausted
+from embedsvc.strategies import Role, create_strategy
+
+
+@pytest.fixture
+def debug():
+    return create_strategy("debug")
+
+
+def test_results_come_back_in_order_and_match_direct_encode(debug):
+    batcher = Batcher(BatchingConfig(max_wait_ms=20))
+    texts = [[f"alpha {i}", f"beta {i} gamma"] for i in range(20)]
+    results: dict[int, np.ndarray] = {}
+
+    def call(i: int) -> None:
+        results[i] = batcher.encode(debug, texts[i], Role.QUERY, True, 4).vectors
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    for i in range(20):
+        assert np.allclose(results[i], debug.encode(texts[i], Role.QUERY).vectors)
+    assert batcher.stats.batches < 20, "some requests shared a batch"
+    assert batcher.stats.texts == 40
+
+
+def test_token_budget_splits_batches(debug):
+    batcher = Batcher(BatchingConfig(max_wait_ms=50, max_batch_tokens=10))
+    futures = [batcher.submit(debug, ["a b c d"], Role.QUERY, True, 4) for _ in range(6)]
+    for f in futures:
+        f.result(5)
+    batcher.close()
+    # 4 tokens each under a budget of 10: at most 2 requests per forward pass
+    assert batcher.stats.largest_batch_requests <= 2
+    assert batcher.stats.batches >= 3
+
+
+def test_different_roles_or_strategies_never_share_a_batch(debug):
+    other = create_strategy("debug_binary")
+    batcher = Batcher(BatchingConfig(max_wait_ms=50))
+    f1 = batcher.submit(debug, ["x y"], Role.QUERY, True, 2)
+    f2 = batcher.submit(other, ["x y"], Role.QUERY, True, 2)
+    f3 = batcher.submit(debug, ["x y"], Role.PASSAGE, True, 2)
+    assert f1.result(5).kind == "dense" and f2.result(5).kind == "binary"
+    assert f3.result(5).kind == "dense"
+    batcher.close()
+    assert batcher.stats.batches == 3
+
+
+def test_bounded_queue_rejects_instead_of_growing():
+    slow = create_strategy("debug", delay_ms=200)
+    batcher = Batcher(BatchingConfig(max_wait_ms=0, max_queue_texts=4, max_batch_texts=4))
+    first = batcher.submit(slow, ["a"] * 4, Role.QUERY, True, 4)
+    accepted = [first]
+    with pytest.raises(ResourceExhausted, match="queue is full"):
+        for _ in range(10):
+            accepted.append(batcher.submit(slow, ["b"] * 4, Role.QUERY, True, 4))
+    for f in accepted:
+        f.result(10)
+    batcher.close()
+    assert batcher.stats.rejected == 1
+
+
+def test_encode_error_reaches_every_caller_and_worker_survives(debug):
+    class Broken:
+        name = "broken"
+
+        def encode(self, texts, role, normalize=True):
+            raise RuntimeError("boom")
+
+    batcher = Batcher(BatchingConfig(max_wait_ms=0))
+    with pytest.raises(RuntimeError, match="boom"):
+        batcher.encode(Broken(), ["x"], Role.QUERY)
+    assert batcher.encode(debug, ["still works"], Role.QUERY).vectors.shape == (1, 32)
+    batcher.close()
