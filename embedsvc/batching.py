@@ -65,7 +65,7 @@ class Batcher:
     ) -> None:
         self.config = config or BatchingConfig()
         self.stats = BatchStats()
-        self._on_batch = on_batch
+        self.on_batch = on_batch
         self._queue: deque[_Request] = deque()
         self._queued_texts = 0
         self._cond = threading.Condition()
@@ -168,7 +168,7 @@ class Batcher:
                 continue
             first = live[0]
             texts = [t for r in live for t in r.texts]
-            self._busy_since = time.monotonic()
+            self._busy_since = started = time.monotonic()
             try:
                 out = first.strategy.encode(texts, first.role, normalize=first.normalize)
             except BaseException as exc:  # hand the error to every caller; keep serving
@@ -178,16 +178,18 @@ class Batcher:
                     raise
                 continue
             finally:
-                elapsed = time.monotonic() - (self._busy_since or time.monotonic())
+                elapsed = time.monotonic() - started
                 self._busy_since = None
             self.stats.batches += 1
             self.stats.requests += len(live)
             self.stats.texts += len(texts)
             self.stats.tokens += sum(r.tokens for r in live)
             self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(live))
-            if self._on_batch is not None:
-                self._on_batch(len(texts), sum(r.tokens for r in live), elapsed)
+            if self.on_batch is not None:
+                self.on_batch(len(texts), sum(r.tokens for r in live), elapsed)
             start = 0
             for r in live:
-                r.future.set_result(out.slice(start, start + len(r.texts)))
+                piece = out.slice(start, start + len(r.texts))
+                piece.timings = {"queue": started - r.enqueued_at, "inference": elapsed}
+                r.future.set_result(piece)
                 start += len(r.texts)

@@ -69,6 +69,7 @@ def _ensure_collection(engine, name: str, strategy: str, index_kind: str | None)
 def serve(
     host: str = typer.Option(None, help="bind address (default 127.0.0.1)"),
     port: int = typer.Option(None, help="port (default 50051; 0 = any free port)"),
+    http_port: int = typer.Option(None, help="HTTP API port (default 8080; 0 = any free port)"),
     data_dir: Path = typer.Option(None, help="where collections persist (default ./indexes)"),
     config: Path = typer.Option(
         None, envvar="EMBEDSVC_CONFIG", help="YAML/JSON config file (see embedsvc.config)"
@@ -84,6 +85,8 @@ def serve(
 
     logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = _config(config, host=host, port=port, data_dir=data_dir)
+    if http_port is not None:
+        cfg.http.port = http_port
 
     def warm_up(engine) -> None:
         if demo:
@@ -104,10 +107,26 @@ def index(
     data_dir: Path = typer.Option(None, help="in-process: where collections persist"),
     config: Path = typer.Option(None),
     batch_size: int = typer.Option(256, min=1),
+    engine: str = typer.Option("local", help="local | ray (Ray Data batch job; FILE may be a "
+                               "folder or a glob of JSONL/Parquet shards)"),
+    address: str = typer.Option(None, help="ray: cluster address (default: local Ray)"),
+    concurrency: int = typer.Option(1, min=1, help="ray: embedding actors"),
 ) -> None:
     """Index a document file into a collection, with a progress bar. Re-running resumes."""
     try:
-        if server:
+        if engine == "ray":
+            from embedsvc.indexing.ray_job import RayIndexConfig, run_ray_index
+
+            job = RayIndexConfig(
+                paths=[str(file)], collection=collection, strategy=strategy,
+                index_kind=index_kind, address=address, concurrency=concurrency,
+                write_chunk=batch_size, server=server,
+            )
+            counts = run_ray_index(job, _config(config, data_dir=data_dir))
+        elif engine != "local":
+            typer.echo("error: --engine must be local or ray", err=True)
+            raise typer.Exit(2)
+        elif server:
             counts = _index_via_server(server, file, collection, strategy, index_kind, batch_size)
         else:
             from embedsvc.engine import Engine
@@ -241,6 +260,9 @@ def _mount_subcommands() -> None:
     from embedsvc.eval.cli import eval_app
 
     app.add_typer(eval_app, name="eval", help="Evaluate a strategy on STS or retrieval data.")
+    from embedsvc.export.cli import export_command
+
+    app.command("export")(export_command)
 
 
 _mount_subcommands()

@@ -38,17 +38,55 @@ class Hit:
     metadata: dict[str, Any]
 
 
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds ``authorization: Bearer <key>`` to every call."""
+
+    def __init__(self, key: str) -> None:
+        self.header = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details):
+        metadata = [*(details.metadata or ()), self.header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_unary(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+
 class EmbedsvcClient:
     """Blocking client; every method raises ``grpc.RpcError`` with the server's status."""
 
-    def __init__(self, target: str = "localhost:50051", timeout: float = 600.0) -> None:
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.max_send_message_length", 64 * 1024 * 1024),
-            ],
-        )
+    def __init__(
+        self,
+        target: str = "localhost:50051",
+        timeout: float = 600.0,
+        api_key: str | None = None,
+        root_certificates: bytes | None = None,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+            ("grpc.max_send_message_length", 64 * 1024 * 1024),
+        ]
+        if root_certificates is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates)
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        if api_key:
+            self.channel = grpc.intercept_channel(self.channel, _BearerToken(api_key))
         self.timeout = timeout
         self.embeddings = egrpc.EmbeddingServiceStub(self.channel)
         self.collections = cgrpc.CollectionServiceStub(self.channel)

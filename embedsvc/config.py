@@ -40,6 +40,40 @@ class LimitsConfig(BaseModel):
     max_queries_per_search: int = Field(256, ge=1)
 
 
+class AuthConfig(BaseModel):
+    """API keys for every data RPC and HTTP route (health and reflection stay open).
+
+    No keys configured = no authentication (the loopback default).
+    """
+
+    api_keys: list[str] = []
+    #: keys that may embed, search and list, but not create, upsert or delete
+    read_only_keys: list[str] = []
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.api_keys or self.read_only_keys)
+
+
+class TlsConfig(BaseModel):
+    """Serve gRPC and HTTP over TLS when both files are given."""
+
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+
+class HttpConfig(BaseModel):
+    """The OpenAI-compatible HTTP API, served beside gRPC from the same engine."""
+
+    enabled: bool = True
+    #: 0 = any free port
+    port: int = 8080
+
+
 class ServiceConfig(BaseSettings):
     """Everything the service needs; every field has a working default."""
 
@@ -57,6 +91,11 @@ class ServiceConfig(BaseSettings):
     grpc_workers: int = 32
     batching: BatchingConfig = BatchingConfig()
     limits: LimitsConfig = LimitsConfig()
+    auth: AuthConfig = AuthConfig()
+    tls: TlsConfig = TlsConfig()
+    http: HttpConfig = HttpConfig()
+    #: seconds a forward pass may run before health reports NOT_SERVING (engine wedged)
+    watchdog_timeout_s: float = Field(120.0, gt=0)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServiceConfig:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,10 @@ class Engine:
         """The shared instance of ``name`` (default ``mean``); NotFound lists valid names."""
         name = name or DEFAULT_STRATEGY
         strategy = get_strategy(name)
+        if self.config.runtime != "torch":  # onnx | onnx-int8: same API, ONNX Runtime forward
+            from embedsvc.export.runtime import serving_strategy
+
+            strategy = serving_strategy(strategy, self.config)
         with self._load_lock:
             self._loaded.add(name)
         return strategy
@@ -130,7 +135,9 @@ class Engine:
         strict: bool,
         what: str = "texts",
     ) -> Embedding:
+        started = time.perf_counter()
         counts = strategy.count_tokens(texts, role)
+        tokenize = time.perf_counter() - started
         if strict:
             for i, n in enumerate(counts):
                 if n > strategy.max_tokens:
@@ -141,7 +148,9 @@ class Engine:
                         field=f"{what}[{i}]",
                     )
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
-        return self.batcher.encode(strategy, texts, role, normalize, tokens)
+        emb = self.batcher.encode(strategy, texts, role, normalize, tokens)
+        emb.timings["tokenize"] = tokenize
+        return emb
 
     def embed(
         self,
@@ -226,8 +235,12 @@ class Engine:
         queries: list[str],
         top_k: int = 10,
         filter: dict[str, Any] | None = None,
+        timings: dict[str, float] | None = None,
     ):
-        """Nearest documents for each query, best first: ``list[list[Hit]]``."""
+        """Nearest documents for each query, best first: ``list[list[Hit]]``.
+
+        ``timings``, when given, receives seconds per stage (queue, tokenize, inference, search).
+        """
         limits = self.config.limits
         if top_k < 0 or top_k > limits.max_top_k:
             raise InvalidArgument(
@@ -237,7 +250,11 @@ class Engine:
         self._validate_texts(queries, "queries", limits.max_queries_per_search)
         strat = self.strategy(coll.strategy)
         emb = self._encode(strat, queries, Role.QUERY, True, False, what="queries")
-        return coll.search(emb, top_k or 10, filter or None)
+        started = time.perf_counter()
+        hits = coll.search(emb, top_k or 10, filter or None)
+        if timings is not None:
+            timings.update(emb.timings, search=time.perf_counter() - started)
+        return hits
 
     def close(self) -> None:
         """Finish queued work and checkpoint every collection (graceful shutdown)."""

@@ -43,3 +43,11 @@ class FailedPrecondition(EmbedsvcError):
 
 class Unavailable(EmbedsvcError):
     code = "UNAVAILABLE"
+
+
+class Unauthenticated(EmbedsvcError):
+    code = "UNAUTHENTICATED"
+
+
+class PermissionDenied(EmbedsvcError):
+    code = "PERMISSION_DENIED"

@@ -3,19 +3,19 @@
 A backbone is configuration: ``load_backbone("minilm")``, ``load_backbone("smollm2")`` or
 ``load_backbone("/path/to/any/hf/folder")`` all return a :class:`Backbone`. Each named backbone
 lives in its own module here and registers a *resolver* (cache dir -> local folder, converting on
-first use), so adding one is adding a file plus a line in ``_NAMED_MODULES``. Loading is cached
+first use), so adding one is adding a file. Loading is cached
 per process because a model costs hundreds of MB and seconds to load; strategies that share a
 backbone share one copy.
 """
 
 from __future__ import annotations
 
-import importlib
 import threading
 from pathlib import Path
 
 from embedsvc.backbones.base import Backbone, BackboneKind, BackboneResolver
 from embedsvc.errors import NotFound
+from embedsvc.plugins import import_plugins
 
 _RESOLVERS: dict[str, BackboneResolver] = {}
 _CACHE: dict[tuple[str, str], Backbone] = {}
@@ -102,10 +102,9 @@ def clear_backbone_cache() -> None:
         _CACHE.clear()
 
 
-# Named backbones register themselves on import; they import nothing heavy at module level.
-_NAMED_MODULES = ("minilm", "smollm2")
-for _module in _NAMED_MODULES:
-    importlib.import_module(f"{__name__}.{_module}")
+# Named backbones (every other module here) register themselves on import; they import
+# nothing heavy at module level.
+import_plugins(__name__, __path__, skip=("base", "loading"))
 
 __all__ = [
     "Backbone",

@@ -121,5 +121,46 @@ def retrieval_command(
     )
 
 
+@eval_app.command("context")
+def context_command(
+    strategy: StrategyOpt,
+    file: Annotated[Path, typer.Option("--file", "-f", help="nq_open_gold or hotpotqa file")],
+    as_json: JsonOpt = False,
+    buffer: Annotated[int, typer.Option("--buffer", min=0, help="Adaptive-k buffer")] = 5,
+    head_fraction: Annotated[float, typer.Option("--head-fraction", min=0.0, max=0.99)] = 0.0,
+    tail_fraction: Annotated[float, typer.Option("--tail-fraction", min=0.0, max=0.99)] = 0.1,
+    pool_size: Annotated[
+        int | None, typer.Option("--pool-size", min=100, help="cut from top-N (default: all)")
+    ] = None,
+    token_budget: Annotated[int | None, typer.Option("--token-budget", min=1)] = None,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Gold-passage recall vs context tokens: Adaptive-k, fixed k and full context."""
+    from embedsvc.eval.context import evaluate_context
+    from embedsvc.rag.adaptive_k import AdaptiveKConfig
+
+    def task() -> dict[str, Any]:
+        try:
+            config = AdaptiveKConfig(
+                buffer=buffer,
+                head_fraction=head_fraction,
+                tail_fraction=tail_fraction,
+                token_budget=token_budget,
+            )
+        except ValueError as exc:
+            raise EmbedsvcError(str(exc)) from None
+        return evaluate_context(
+            _strategy(strategy),
+            file,
+            config,
+            pool_size=pool_size,
+            cache_dir=cache_dir,
+            use_cache=not no_cache,
+        )
+
+    _run(task, as_json)
+
+
 if __name__ == "__main__":  # pragma: no cover
     eval_app()

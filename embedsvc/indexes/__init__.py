@@ -5,9 +5,6 @@ Importing this package imports every module in it, so a new kind is one new file
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
 from embedsvc.indexes.base import (
     IndexConfig,
     VectorIndex,
@@ -17,10 +14,9 @@ from embedsvc.indexes.base import (
     load_index,
     register_index_kind,
 )
+from embedsvc.plugins import import_plugins
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base" and not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_plugins(__name__, __path__)
 
 __all__ = [
     "IndexConfig",

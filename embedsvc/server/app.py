@@ -14,6 +14,10 @@ from grpc_reflection.v1alpha import reflection
 
 from embedsvc.config import ServiceConfig
 from embedsvc.engine import Engine
+from embedsvc.server.auth import ApiKeyAuth
+from embedsvc.server.http import HttpServer, create_app
+from embedsvc.server.interceptors import AuthInterceptor, MetricsInterceptor
+from embedsvc.server.metrics import Metrics
 from embedsvc.server.servicer import add_servicers
 
 log = logging.getLogger(__name__)
@@ -27,8 +31,15 @@ class Service:
     def __init__(self, config: ServiceConfig, engine: Engine | None = None) -> None:
         self.config = config
         self.engine = engine or Engine(config)
+        self.auth = ApiKeyAuth(config.auth)
+        self.metrics = Metrics()
+        self.metrics.track_queue(lambda: self.engine.batcher.queued_texts)
+        self.metrics.track_collections(self._collection_sizes)
+        self.engine.batcher.on_batch = self.metrics.observe_batch
+        self.serving = threading.Event()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.grpc_workers),
+            interceptors=[MetricsInterceptor(self.metrics), AuthInterceptor(self.auth)],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -44,10 +55,46 @@ class Service:
             (*self.service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), self.server
         )
         self.set_serving(False)
-        self.port = self.server.add_insecure_port(f"{config.host}:{config.port}")
+        address = f"{config.host}:{config.port}"
+        if config.tls.enabled:
+            credentials = grpc.ssl_server_credentials(
+                [(config.tls.key_file.read_bytes(), config.tls.cert_file.read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, credentials)
+        else:
+            self.port = self.server.add_insecure_port(address)
         if self.port == 0:
-            raise OSError(f"cannot bind {config.host}:{config.port}")
+            raise OSError(f"cannot bind {address}")
+        self.http: HttpServer | None = None
+        if config.http.enabled:
+            app = create_app(self.engine, self.auth, self.metrics, self.serving)
+            self.http = HttpServer(app, config.host, config.http.port, config.tls)
         self._stopped = threading.Event()
+        self._ready = threading.Event()
+
+    @property
+    def http_port(self) -> int | None:
+        return self.http.port if self.http is not None else None
+
+    def _collection_sizes(self) -> dict[str, int]:
+        sizes = {}
+        for name in self.engine.collections.list():
+            try:
+                sizes[name] = self.engine.collections.get(name).count
+            except Exception:  # deleted between list and get: skip it in this scrape
+                continue
+        return sizes
+
+    def _watchdog(self) -> None:
+        """NOT_SERVING while a forward pass has run past the timeout (engine wedged)."""
+        limit = self.config.watchdog_timeout_s
+        while not self._stopped.wait(min(1.0, limit / 4)):
+            if not self._ready.is_set():
+                continue
+            wedged = self.engine.batcher.busy_for() > limit
+            if wedged == self.serving.is_set():
+                log.warning("engine %s", "wedged: NOT_SERVING" if wedged else "recovered")
+                self.set_serving(not wedged)
 
     def set_serving(self, serving: bool) -> None:
         status = (
@@ -57,10 +104,14 @@ class Service:
         )
         for name in ("", *self.service_names):
             self.health.set(name, status)
+        (self.serving.set if serving else self.serving.clear)()
 
     def start(self, warm_up: Callable[[Engine], None] | None = None) -> None:
         """Start answering; health turns SERVING once the models (and ``warm_up``) are ready."""
         self.server.start()
+        if self.http is not None:
+            self.http.start()
+        threading.Thread(target=self._watchdog, name="embedsvc-watchdog", daemon=True).start()
 
         def ready() -> None:
             try:
@@ -70,6 +121,7 @@ class Service:
             except Exception:
                 log.exception("start-up failed; health stays NOT_SERVING")
                 return
+            self._ready.set()
             self.set_serving(True)
             log.info("serving on %s:%d", self.config.host, self.port)
 
@@ -81,6 +133,8 @@ class Service:
             return
         self._stopped.set()
         self.set_serving(False)
+        if self.http is not None:
+            self.http.stop(grace)
         self.server.stop(grace).wait()
         self.engine.close()
 
@@ -106,6 +160,7 @@ def serve(config: ServiceConfig, warm_up: Callable[[Engine], None] | None = None
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service.start(warm_up)
-    print(f"embedsvc listening on {config.host}:{port}", flush=True)
+    http = f", http on {config.host}:{service.http_port}" if service.http else ""
+    print(f"embedsvc listening on {config.host}:{port}{http}", flush=True)
     done.wait()
     service.stop()

@@ -8,6 +8,7 @@ import grpc
 
 from embedsvc.engine import Document, Engine
 from embedsvc.errors import InvalidArgument
+from embedsvc.rag.context import adaptive_search
 from embedsvc.server.convert import (
     KIND,
     dict_to_struct,
@@ -15,6 +16,7 @@ from embedsvc.server.convert import (
     struct_to_dict,
     tensor_from_numpy,
 )
+from embedsvc.server.rag_servicer import add_rag_servicer, config_from_proto
 from embedsvc.server.status import grpc_errors
 from embedsvc.v1 import (
     collection_service_pb2 as cpb,
@@ -28,6 +30,13 @@ from embedsvc.v1 import (
 from embedsvc.v1 import (
     embedding_service_pb2_grpc as egrpc,
 )
+
+
+def send_timings(context: grpc.ServicerContext, timings: dict[str, float]) -> None:
+    """Per-stage milliseconds as trailing metadata (``x-queue-time``, ...), as TEI reports them."""
+    context.set_trailing_metadata(
+        tuple((f"x-{stage}-time", f"{seconds * 1000:.3f}") for stage, seconds in timings.items())
+    )
 
 
 class EmbeddingServicer(egrpc.EmbeddingServiceServicer):
@@ -59,6 +68,7 @@ class EmbeddingServicer(egrpc.EmbeddingServiceServicer):
             normalize=request.normalize if request.HasField("normalize") else True,
             strict=request.strict_length,
         )
+        send_timings(context, emb.timings)
         return epb.EmbedResponse(
             strategy=request.strategy or self.engine.strategy(None).name,
             kind=KIND[emb.kind],
@@ -164,12 +174,25 @@ class CollectionServicer(cgrpc.CollectionServiceServicer):
 
     @grpc_errors
     def Search(self, request, context):
-        results = self.engine.search(
-            request.collection,
-            list(request.queries),
-            top_k=request.top_k or 10,
-            filter=struct_to_dict(request.filter) if request.HasField("filter") else None,
-        )
+        filter = struct_to_dict(request.filter) if request.HasField("filter") else None
+        if request.HasField("adaptive_k") and request.adaptive_k.enabled:
+            results = adaptive_search(
+                self.engine,
+                request.collection,
+                list(request.queries),
+                config_from_proto(request.adaptive_k),
+                filter,
+            )
+        else:
+            timings: dict[str, float] = {}
+            results = self.engine.search(
+                request.collection,
+                list(request.queries),
+                top_k=request.top_k or 10,
+                filter=filter,
+                timings=timings,
+            )
+            send_timings(context, timings)
         omit = request.omit_documents
         return cpb.SearchResponse(
             results=[
@@ -193,7 +216,9 @@ def add_servicers(server: grpc.Server, engine: Engine) -> list[str]:
     """Register every embedsvc service on ``server``; returns their full names."""
     egrpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(engine), server)
     cgrpc.add_CollectionServiceServicer_to_server(CollectionServicer(engine), server)
+    rag = add_rag_servicer(server, engine)
     return [
         epb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
         cpb.DESCRIPTOR.services_by_name["CollectionService"].full_name,
+        rag,
     ]

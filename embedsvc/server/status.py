@@ -24,6 +24,19 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: the HTTP status of each gRPC code (as grpc-gateway maps them)
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.INTERNAL: 500,
+}
+
 
 def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Status]:
     """Map an exception to (code, message, rich status)."""
@@ -47,6 +60,20 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
         )
         rich.details.append(detail)
     return code, message, rich
+
+
+def to_http(exc: BaseException) -> tuple[int, dict[str, Any]]:
+    """(HTTP status, OpenAI-style error body) for ``exc``."""
+    code, message, _ = to_status(exc)
+    body = {
+        "error": {
+            "message": message,
+            "type": code.name.lower(),
+            "code": code.name,
+            "param": getattr(exc, "field", None),
+        }
+    }
+    return HTTP_STATUS.get(code, 500), body
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:

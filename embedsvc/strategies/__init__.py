@@ -5,9 +5,7 @@ Importing this package imports every module in it, so a new strategy is one new 
 
 from __future__ import annotations
 
-import importlib
-import pkgutil
-
+from embedsvc.plugins import import_plugins
 from embedsvc.strategies.base import (
     Embedding,
     Role,
@@ -20,9 +18,7 @@ from embedsvc.strategies.base import (
     strategy_class,
 )
 
-for _module in pkgutil.iter_modules(__path__):
-    if _module.name != "base" and not _module.name.startswith("_"):
-        importlib.import_module(f"{__name__}.{_module.name}")
+import_plugins(__name__, __path__)
 
 __all__ = [
     "Embedding",

@@ -45,6 +45,8 @@ class Embedding:
     dim: int
     token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     truncated_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    #: seconds spent per stage (queue, tokenize, inference), filled in by the serving path
+    timings: dict[str, float] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -118,6 +120,12 @@ class Strategy(ABC):
         truncate: bool = True,
     ) -> Embedding:
         """Embed ``texts``. With ``truncate=False`` an over-long text raises InvalidArgument."""
+
+    def onnx_spec(self) -> Any:
+        """Export hook: an ``embedsvc.export.OnnxSpec`` (the traceable module and how to feed
+        it), or None when there is nothing to export (no transformer). ``embedsvc export`` and
+        the ONNX runtime call only this; strategies that export override it."""
+        return None
 
     def save(self, directory: Path) -> None:
         """Write the config (and any trained weights) to ``directory``."""

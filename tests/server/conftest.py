@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from embedsvc.client import EmbedsvcClient
-from embedsvc.config import BatchingConfig, ServiceConfig
+from embedsvc.config import BatchingConfig, HttpConfig, ServiceConfig
 from embedsvc.server import create_server
 
 
@@ -15,6 +15,7 @@ def make_config(tmp_path, **overrides) -> ServiceConfig:
         port=0,
         data_dir=tmp_path / "indexes",
         preload_strategies=["debug"],
+        http=HttpConfig(port=0),
     )
     base.update(overrides)
     return ServiceConfig(**base)

@@ -1,0 +1,199 @@
+"""The HTTP API beside gRPC, in the same process, on the same engine and batcher.
+
+``POST /v1/embeddings`` speaks OpenAI's embeddings protocol (so OpenAI, LangChain and LlamaIndex
+clients work unmodified; ``model`` names the strategy), ``POST /v1/search`` searches a
+collection, ``GET /v1/models`` lists strategies, ``GET /health`` mirrors gRPC health and
+``GET /metrics`` is the Prometheus exposition. Errors use the same mapping as gRPC
+(:func:`embedsvc.server.status.to_http`) with OpenAI's error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import threading
+import time
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from embedsvc.engine import Engine
+from embedsvc.errors import EmbedsvcError, InvalidArgument
+from embedsvc.server.auth import ApiKeyAuth
+from embedsvc.server.metrics import Metrics
+from embedsvc.server.status import to_http
+from embedsvc.strategies import Role
+
+
+class EmbeddingsRequest(BaseModel):
+    input: str | list[str]
+    model: str = "mean"
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(None, ge=1)
+    user: str | None = None
+    #: embedsvc extensions (not in OpenAI's protocol)
+    role: Literal["query", "passage"] = "query"
+    strict_length: bool = False
+
+
+class SearchBody(BaseModel):
+    collection: str
+    queries: list[str] | None = None
+    query: str | None = None
+    top_k: int = 10
+    filter: dict[str, Any] | None = None
+
+
+def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
+    if encoding == "base64":  # OpenAI's format: little-endian float32 bytes
+        return base64.b64encode(vector.astype("<f4").tobytes()).decode()
+    return vector.astype(float).tolist()
+
+
+def create_app(
+    engine: Engine, auth: ApiKeyAuth, metrics: Metrics, serving: threading.Event
+) -> FastAPI:
+    app = FastAPI(title="embedsvc", version="1", docs_url=None, redoc_url=None)
+
+    def authorize(route: str) -> Any:
+        def check(authorization: str | None = Header(None)) -> None:
+            auth.check(route, authorization)
+
+        return Depends(check)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        start = time.perf_counter()
+        response = await call_next(request)
+        elapsed = time.perf_counter() - start
+        metrics.observe_rpc(f"HTTP {request.url.path}", str(response.status_code), elapsed)
+        response.headers["x-total-time"] = f"{elapsed * 1000:.2f}"
+        return response
+
+    @app.exception_handler(EmbedsvcError)
+    async def on_error(request: Request, exc: EmbedsvcError) -> JSONResponse:
+        status, body = to_http(exc)
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # FastAPI's default handler echoes the input back and crashes on non-UTF-8 bytes
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
+            for e in exc.errors()
+        ]
+        error = InvalidArgument("invalid request body: " + "; ".join(problems[:5]))
+        status, body = to_http(error)
+        return JSONResponse(body, status_code=status)
+
+    @app.get("/health")
+    def health() -> Response:
+        ok = serving.is_set()
+        return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, 200 if ok else 503)
+
+    @app.get("/metrics")
+    def prometheus() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models", dependencies=[authorize("ListStrategies")])
+    def models() -> dict[str, Any]:
+        return {
+            "object": "list",
+            "data": [
+                {"id": s.name, "object": "model", "owned_by": "embedsvc", "kind": s.kind}
+                for s in engine.list_strategies()
+            ],
+        }
+
+    @app.post("/v1/embeddings", dependencies=[authorize("Embed")])
+    def embeddings(body: EmbeddingsRequest) -> JSONResponse:
+        texts = [body.input] if isinstance(body.input, str) else body.input
+        emb = engine.embed(texts, body.model, Role(body.role), True, body.strict_length)
+        if emb.kind != "dense":
+            raise InvalidArgument(
+                f"model {body.model!r} returns binary codes; /v1/embeddings serves dense "
+                "strategies (use the gRPC Embed RPC for binary ones)",
+                field="model",
+            )
+        vectors = emb.vectors
+        if body.dimensions is not None:
+            if body.dimensions > emb.dim:
+                raise InvalidArgument(
+                    f"dimensions={body.dimensions} exceeds the model's {emb.dim}",
+                    field="dimensions",
+                )
+            # shortened as OpenAI does: keep the leading dimensions, re-normalise
+            vectors = vectors[:, : body.dimensions]
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            vectors = vectors / np.maximum(norms, 1e-12)
+        tokens = int(emb.token_counts.sum())
+        content = {
+            "object": "list",
+            "model": body.model,
+            "data": [
+                {
+                    "object": "embedding",
+                    "index": i,
+                    "embedding": _encode_vector(v, body.encoding_format),
+                    "truncated_tokens": int(emb.truncated_tokens[i]),
+                }
+                for i, v in enumerate(vectors)
+            ],
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        headers = {
+            "x-truncated-tokens": str(int(emb.truncated_tokens.sum())),
+            **{f"x-{k}-time": f"{v * 1000:.2f}" for k, v in emb.timings.items()},
+        }
+        return JSONResponse(content, headers=headers)
+
+    @app.post("/v1/search", dependencies=[authorize("Search")])
+    def search(body: SearchBody) -> dict[str, Any]:
+        queries = body.queries or ([body.query] if body.query else [])
+        results = engine.search(body.collection, queries, body.top_k, body.filter)
+        return {
+            "results": [
+                [
+                    {"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata}
+                    for h in hits
+                ]
+                for hits in results
+            ]
+        }
+
+    return app
+
+
+class HttpServer:
+    """uvicorn in a background thread (signals stay with the main thread's gRPC loop)."""
+
+    def __init__(self, app: FastAPI, host: str, port: int, tls=None) -> None:
+        import socket
+
+        import uvicorn
+
+        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._socket.bind((host, port))
+        self.port = self._socket.getsockname()[1]
+        ssl = {}
+        if tls is not None and tls.enabled:
+            ssl = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
+        config = uvicorn.Config(app, log_level="warning", access_log=False, **ssl)
+        self.server = uvicorn.Server(config)
+        self._thread = threading.Thread(
+            target=self.server.run,
+            kwargs={"sockets": [self._socket]},
+            daemon=True,
+            name="embedsvc-http",
+        )
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
