@@ -1,12 +1,20 @@
-"""Cross-request batching of texts under a token budget and a max wait.
+"""Cross-request micro-batching: many concurrent requests, one forward pass (or one FAISS call).
 
-Concurrent ``Embed`` and ``Search`` calls put their texts on one bounded queue; a single worker
-thread takes the oldest request, waits up to ``max_wait_ms`` for company, and runs one forward
-pass over every queued request that shares its (strategy, role, normalise) key while the batch
-stays within ``max_batch_tokens`` / ``max_batch_texts``. A request larger than the budget runs
-alone (the strategy sub-batches internally). Past ``max_queue_texts`` queued texts a new request
-is refused with ResourceExhausted at once, so overload is answered, not absorbed until memory
-runs out. One worker is right on CPU: torch already uses every core inside a forward pass.
+A :class:`MicroBatcher` keeps one bounded queue and one worker thread. The worker takes the
+oldest request, waits up to ``max_wait_ms`` for company, and runs every queued request that
+shares its key in one call while the batch stays within a cost budget (tokens for a forward
+pass, queries for a search) and an item cap. A request larger than the budget runs alone. Past
+``max_queue`` queued items a new request is refused with ResourceExhausted at once, so overload
+is answered, not absorbed until memory runs out. One worker is right on CPU: torch and FAISS
+already use every core inside one call.
+
+Two batchers use it:
+
+* :class:`Batcher` embeds texts (``Embed`` and ``Search`` queries share forward passes), keyed by
+  (strategy, role, normalise), under ``max_batch_tokens``.
+* :class:`SearchBatcher` runs the FAISS searches of concurrent ``Search`` calls on the same
+  collection (same k and filter) as one multi-query search: on the CPU a batch of queries costs
+  about what one query costs until BLAS kicks in (perf-anchors §1).
 """
 
 from __future__ import annotations
@@ -15,9 +23,12 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import numpy as np
 
 from embedsvc.config import BatchingConfig
 from embedsvc.errors import ResourceExhausted, Unavailable
@@ -25,22 +36,19 @@ from embedsvc.strategies.base import Embedding, Role, Strategy
 
 log = logging.getLogger(__name__)
 
-BatchKey = tuple[str, Role, bool]
+P = TypeVar("P")  # what one request carries
+R = TypeVar("R")  # what one request gets back
 
 
 @dataclass
-class _Request:
-    strategy: Strategy
-    role: Role
-    normalize: bool
-    texts: list[str]
-    tokens: int
+class _Request(Generic[P]):
+    key: Hashable
+    payload: P
+    items: int
+    cost: int
+    run: Callable[[list[P]], list[Any]]
     future: Future = field(default_factory=Future)
     enqueued_at: float = field(default_factory=time.monotonic)
-
-    @property
-    def key(self) -> BatchKey:
-        return (self.strategy.name, self.role, self.normalize)
 
 
 @dataclass
@@ -55,61 +63,57 @@ class BatchStats:
     largest_batch_requests: int = 0
 
 
-class Batcher:
-    """Runs ``strategy.encode`` for many concurrent requests in shared forward passes."""
+class MicroBatcher:
+    """The queue and the worker; subclasses say what a request is and how a batch runs."""
 
     def __init__(
         self,
-        config: BatchingConfig | None = None,
+        name: str,
+        max_wait_ms: float,
+        max_items: int,
+        max_cost: int,
+        max_queue: int,
         on_batch: Callable[[int, int, float], None] | None = None,
     ) -> None:
-        self.config = config or BatchingConfig()
+        self.max_wait_ms, self.max_items, self.max_cost = max_wait_ms, max_items, max_cost
+        self.max_queue = max_queue
         self.stats = BatchStats()
+        #: called after each batch with (items, cost, seconds): metrics hook
         self.on_batch = on_batch
         self._queue: deque[_Request] = deque()
-        self._queued_texts = 0
+        self._queued = 0
         self._cond = threading.Condition()
         self._closed = False
         self._busy_since: float | None = None
-        self._worker = threading.Thread(target=self._run, name="embedsvc-batcher", daemon=True)
+        self._worker = threading.Thread(target=self._run, name=f"embedsvc-{name}", daemon=True)
         self._worker.start()
 
-    # -- client side ---------------------------------------------------------------------------
-
-    def submit(
-        self, strategy: Strategy, texts: list[str], role: Role, normalize: bool, tokens: int
+    def _submit(
+        self,
+        key: Hashable,
+        payload: Any,
+        items: int,
+        cost: int,
+        run: Callable[[list[Any]], list[Any]],
     ) -> Future:
-        """Queue ``texts``; the future resolves to their :class:`Embedding` (in order)."""
-        request = _Request(strategy, role, normalize, texts, max(tokens, len(texts)))
+        request = _Request(key, payload, items, max(cost, items), run)
         with self._cond:
             if self._closed:
                 raise Unavailable("the server is shutting down; retry on another replica")
-            if self._queued_texts and self._queued_texts + len(texts) > self.config.max_queue_texts:
+            if self._queued and self._queued + items > self.max_queue:
                 self.stats.rejected += 1
                 raise ResourceExhausted(
-                    f"the embedding queue is full ({self._queued_texts} texts waiting, limit "
-                    f"{self.config.max_queue_texts}); retry with backoff or send fewer texts"
+                    f"the queue is full ({self._queued} items waiting, limit {self.max_queue}); "
+                    "retry with backoff or send fewer texts"
                 )
             self._queue.append(request)
-            self._queued_texts += len(texts)
+            self._queued += items
             self._cond.notify()
         return request.future
 
-    def encode(
-        self,
-        strategy: Strategy,
-        texts: list[str],
-        role: Role,
-        normalize: bool = True,
-        tokens: int | None = None,
-        timeout: float | None = None,
-    ) -> Embedding:
-        """Blocking convenience around :meth:`submit`."""
-        return self.submit(strategy, texts, role, normalize, tokens or len(texts)).result(timeout)
-
     @property
     def queued_texts(self) -> int:
-        return self._queued_texts
+        return self._queued
 
     def busy_for(self) -> float:
         """Seconds the current batch has been running (0 when idle): a watchdog reads this."""
@@ -123,54 +127,43 @@ class Batcher:
             self._cond.notify_all()
         self._worker.join(timeout)
 
-    # -- worker side ---------------------------------------------------------------------------
-
     def _take_batch(self) -> list[_Request] | None:
-        cfg = self.config
         with self._cond:
             while not self._queue:
                 if self._closed:
                     return None
                 self._cond.wait()
             # give concurrent callers a moment to join the first request's batch
-            deadline = self._queue[0].enqueued_at + cfg.max_wait_ms / 1000.0
+            deadline = self._queue[0].enqueued_at + self.max_wait_ms / 1000.0
             while not self._closed:
                 remaining = deadline - time.monotonic()
-                if remaining <= 0 or self._queued_texts >= cfg.max_batch_texts:
+                if remaining <= 0 or self._queued >= self.max_items:
                     break
                 self._cond.wait(remaining)
             first = self._queue.popleft()
-            batch, tokens, texts = [first], first.tokens, len(first.texts)
+            batch, cost, items = [first], first.cost, first.items
             keep: deque[_Request] = deque()
             while self._queue:
                 req = self._queue.popleft()
-                fits = (
-                    tokens + req.tokens <= cfg.max_batch_tokens
-                    and texts + len(req.texts) <= cfg.max_batch_texts
-                )
+                fits = cost + req.cost <= self.max_cost and items + req.items <= self.max_items
                 if req.key == first.key and fits:
                     batch.append(req)
-                    tokens += req.tokens
-                    texts += len(req.texts)
+                    cost += req.cost
+                    items += req.items
                 else:
                     keep.append(req)
             self._queue = keep
-            self._queued_texts -= texts
+            self._queued -= items
             return batch
 
     def _run(self) -> None:
-        while True:
-            batch = self._take_batch()
-            if batch is None:
-                return
+        while (batch := self._take_batch()) is not None:
             live = [r for r in batch if r.future.set_running_or_notify_cancel()]
             if not live:
                 continue
-            first = live[0]
-            texts = [t for r in live for t in r.texts]
             self._busy_since = started = time.monotonic()
             try:
-                out = first.strategy.encode(texts, first.role, normalize=first.normalize)
+                results = live[0].run([r.payload for r in live])
             except BaseException as exc:  # hand the error to every caller; keep serving
                 for r in live:
                     r.future.set_exception(exc)
@@ -180,16 +173,103 @@ class Batcher:
             finally:
                 elapsed = time.monotonic() - started
                 self._busy_since = None
+            items, cost = sum(r.items for r in live), sum(r.cost for r in live)
             self.stats.batches += 1
             self.stats.requests += len(live)
-            self.stats.texts += len(texts)
-            self.stats.tokens += sum(r.tokens for r in live)
+            self.stats.texts += items
+            self.stats.tokens += cost
             self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(live))
             if self.on_batch is not None:
-                self.on_batch(len(texts), sum(r.tokens for r in live), elapsed)
-            start = 0
-            for r in live:
-                piece = out.slice(start, start + len(r.texts))
-                piece.timings = {"queue": started - r.enqueued_at, "inference": elapsed}
-                r.future.set_result(piece)
-                start += len(r.texts)
+                self.on_batch(items, cost, elapsed)
+            for r, result in zip(live, results):
+                if isinstance(result, Embedding):
+                    result.timings = {"queue": started - r.enqueued_at, "inference": elapsed}
+                r.future.set_result(result)
+
+
+def _split(total: Any, sizes: Sequence[int], take: Callable[[Any, int, int], Any]) -> list[Any]:
+    out, start = [], 0
+    for size in sizes:
+        out.append(take(total, start, start + size))
+        start += size
+    return out
+
+
+class Batcher(MicroBatcher):
+    """Runs ``strategy.encode`` for many concurrent requests in shared forward passes."""
+
+    def __init__(
+        self,
+        config: BatchingConfig | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ) -> None:
+        self.config = config or BatchingConfig()
+        super().__init__(
+            "batcher",
+            self.config.max_wait_ms,
+            self.config.max_batch_texts,
+            self.config.max_batch_tokens,
+            self.config.max_queue_texts,
+            on_batch,
+        )
+
+    def submit(
+        self, strategy: Strategy, texts: list[str], role: Role, normalize: bool, tokens: int
+    ) -> Future:
+        """Queue ``texts``; the future resolves to their :class:`Embedding` (in order)."""
+
+        def run(batches: list[list[str]]) -> list[Embedding]:
+            out = strategy.encode([t for b in batches for t in b], role, normalize=normalize)
+            return _split(out, [len(b) for b in batches], lambda e, i, j: e.slice(i, j))
+
+        key = (strategy.name, id(strategy), role, normalize)
+        return self._submit(key, texts, len(texts), tokens, run)
+
+    def encode(
+        self,
+        strategy: Strategy,
+        texts: list[str],
+        role: Role,
+        normalize: bool = True,
+        tokens: int | None = None,
+        timeout: float | None = None,
+    ) -> Embedding:
+        """Blocking convenience around :meth:`submit`."""
+        return self.submit(strategy, texts, role, normalize, tokens or len(texts)).result(timeout)
+
+
+class SearchBatcher(MicroBatcher):
+    """Runs concurrent searches of one collection (same k and filter) as one FAISS call."""
+
+    def __init__(self, config: BatchingConfig | None = None) -> None:
+        config = config or BatchingConfig()
+        super().__init__(
+            "search-batcher",
+            config.max_wait_ms,
+            config.max_search_queries,
+            config.max_search_queries,
+            config.max_queue_texts,
+        )
+
+    def search(self, collection: Any, queries: Embedding, k: int, filter: dict | None) -> list:
+        """``collection.search(queries, k, filter)``, sharing the call with concurrent ones."""
+
+        def run(batches: list[Embedding]) -> list[list]:
+            merged = batches[0] if len(batches) == 1 else Embedding.concat(batches)
+            hits = collection.search(merged, k, filter)
+            return _split(hits, [len(b) for b in batches], lambda h, i, j: h[i:j])
+
+        key = (id(collection), k, _freeze(filter))
+        n = len(queries)
+        return self._submit(key, queries, n, n, run).result()
+
+
+def _freeze(value: Any) -> Hashable:
+    """A hashable, order-independent form of a JSON-like filter (for grouping)."""
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    return (type(value).__name__, value)  # so that True and 1 never share a batch

@@ -31,6 +31,9 @@ class BatchingConfig(BaseModel):
     max_batch_texts: int = Field(256, ge=1)
     max_wait_ms: float = Field(2.0, ge=0, description="how long a request waits for company")
     max_queue_texts: int = Field(8192, ge=1, description="past this, RESOURCE_EXHAUSTED")
+    #: run concurrent searches of one collection as one multi-query FAISS call
+    batch_searches: bool = True
+    max_search_queries: int = Field(1024, ge=1, description="queries per batched FAISS call")
 
 
 class LimitsConfig(BaseModel):

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedsvc.batching import Batcher
+from embedsvc.batching import Batcher, SearchBatcher
 from embedsvc.collections.manager import CollectionManager
 from embedsvc.config import ServiceConfig
 from embedsvc.errors import InvalidArgument
@@ -66,6 +66,9 @@ class Engine:
         # strategies load their backbones through default_cache_dir(); point it at ours
         os.environ["EMBEDSVC_CACHE_DIR"] = str(self.config.cache_dir)
         self.batcher = Batcher(self.config.batching)
+        self.search_batcher = (
+            SearchBatcher(self.config.batching) if self.config.batching.batch_searches else None
+        )
         self.collections = CollectionManager(self.config.data_dir)
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
@@ -251,7 +254,10 @@ class Engine:
         strat = self.strategy(coll.strategy)
         emb = self._encode(strat, queries, Role.QUERY, True, False, what="queries")
         started = time.perf_counter()
-        hits = coll.search(emb, top_k or 10, filter or None)
+        if self.search_batcher is not None:
+            hits = self.search_batcher.search(coll, emb, top_k or 10, filter or None)
+        else:
+            hits = coll.search(emb, top_k or 10, filter or None)
         if timings is not None:
             timings.update(emb.timings, search=time.perf_counter() - started)
         return hits
@@ -259,4 +265,6 @@ class Engine:
     def close(self) -> None:
         """Finish queued work and checkpoint every collection (graceful shutdown)."""
         self.batcher.close()
+        if self.search_batcher is not None:
+            self.search_batcher.close()
         self.collections.close()

@@ -87,3 +87,44 @@ def test_encode_error_reaches_every_caller_and_worker_survives(debug):
         batcher.encode(Broken(), ["x"], Role.QUERY)
     assert batcher.encode(debug, ["still works"], Role.QUERY).vectors.shape == (1, 32)
     batcher.close()
+
+
+def test_search_batcher_merges_concurrent_searches(tmp_path, debug):
+    from embedsvc.batching import SearchBatcher
+    from embedsvc.collections.manager import CollectionManager
+
+    manager = CollectionManager(tmp_path)
+    coll = manager.create("c", strategy="debug", output_kind="dense", dim=32, index_kind="flat")
+    texts = [f"doc{i} topic{i % 5}" for i in range(200)]
+    coll.upsert([str(i) for i in range(200)], texts, None, debug.encode(texts))
+    calls = []
+    original = coll.search
+
+    def counting_search(*args, **kwargs):
+        calls.append(len(args[0]))
+        return original(*args, **kwargs)
+
+    coll.search = counting_search
+    batcher = SearchBatcher(BatchingConfig(max_wait_ms=30))
+    queries = [debug.encode([f"doc{i} topic{i % 5}"]) for i in range(16)]
+    results: dict[int, list] = {}
+
+    def call(i: int) -> None:
+        results[i] = batcher.search(coll, queries[i], 3, None)
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    for i in range(16):
+        assert [h.id for h in results[i][0]] == [h.id for h in original(queries[i], 3)[0]]
+    assert len(calls) < 16 and sum(calls) == 16, "searches were merged into fewer FAISS calls"
+    # different filters never share a call
+    batcher = SearchBatcher(BatchingConfig(max_wait_ms=30))
+    a = batcher.search(coll, queries[0], 3, {"x": True})
+    b = batcher.search(coll, queries[0], 3, {"x": 1})
+    assert a == [[]] and b == [[]]
+    batcher.close()
+    manager.close()
