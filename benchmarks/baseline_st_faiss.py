@@ -28,7 +28,7 @@ import faiss
 import numpy as np
 from scipy.stats import spearmanr
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parents[2] / "shared/data"
 
 
 def model_dir() -> Path:

@@ -107,8 +107,11 @@ def index(
     data_dir: Path = typer.Option(None, help="in-process: where collections persist"),
     config: Path = typer.Option(None),
     batch_size: int = typer.Option(256, min=1),
-    engine: str = typer.Option("local", help="local | ray (Ray Data batch job; FILE may be a "
-                               "folder or a glob of JSONL/Parquet shards)"),
+    engine: str = typer.Option(
+        "local",
+        help="local | ray (Ray Data batch job; FILE may be a "
+        "folder or a glob of JSONL/Parquet shards)",
+    ),
     address: str = typer.Option(None, help="ray: cluster address (default: local Ray)"),
     concurrency: int = typer.Option(1, min=1, help="ray: embedding actors"),
 ) -> None:
@@ -118,9 +121,14 @@ def index(
             from embedsvc.indexing.ray_job import RayIndexConfig, run_ray_index
 
             job = RayIndexConfig(
-                paths=[str(file)], collection=collection, strategy=strategy,
-                index_kind=index_kind, address=address, concurrency=concurrency,
-                write_chunk=batch_size, server=server,
+                paths=[str(file)],
+                collection=collection,
+                strategy=strategy,
+                index_kind=index_kind,
+                address=address,
+                concurrency=concurrency,
+                write_chunk=batch_size,
+                server=server,
             )
             counts = run_ray_index(job, _config(config, data_dir=data_dir))
         elif engine != "local":
@@ -263,6 +271,10 @@ def _mount_subcommands() -> None:
     from embedsvc.export.cli import export_command
 
     app.command("export")(export_command)
+    from embedsvc.rag.bench import bench_app, datastore_app
+
+    app.add_typer(bench_app, name="bench", help="Benchmarks (speculative decoding).")
+    app.add_typer(datastore_app, name="datastore", help="DReSD / REST datastores.")
 
 
 _mount_subcommands()

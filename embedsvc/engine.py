@@ -254,13 +254,35 @@ class Engine:
         strat = self.strategy(coll.strategy)
         emb = self._encode(strat, queries, Role.QUERY, True, False, what="queries")
         started = time.perf_counter()
+        k = top_k or 10
+        # two-stage search: a strategy that rescores gets a deeper candidate list first
+        rescore_depth = int(getattr(strat, "rescore_depth", 0) or 0)
+        depth = max(k, rescore_depth)
         if self.search_batcher is not None:
-            hits = self.search_batcher.search(coll, emb, top_k or 10, filter or None)
+            hits = self.search_batcher.search(coll, emb, depth, filter or None)
         else:
-            hits = coll.search(emb, top_k or 10, filter or None)
+            hits = coll.search(emb, depth, filter or None)
+        if rescore_depth > 0:
+            hits = self._rescore(strat, coll, queries, hits, k)
         if timings is not None:
             timings.update(emb.timings, search=time.perf_counter() - started)
         return hits
+
+    @staticmethod
+    def _rescore(strat: Strategy, coll: Any, queries: list[str], hits: list, k: int) -> list:
+        """Re-score each query's candidates with ``strat.rescore`` on their stored payloads;
+        a row with any candidate lacking a payload keeps its first-stage order."""
+        stored = coll.payloads([h.id for row in hits for h in row])
+        todo = [i for i, row in enumerate(hits) if row and all(h.id in stored for h in row)]
+        if todo:
+            scores = strat.rescore(
+                [queries[i] for i in todo], [[stored[h.id] for h in hits[i]] for i in todo]
+            )
+            for i, sc in zip(todo, scores, strict=True):
+                for h, s in zip(hits[i], sc, strict=True):
+                    h.score = float(s)
+                hits[i] = sorted(hits[i], key=lambda h: -h.score)
+        return [row[:k] for row in hits]
 
     def close(self) -> None:
         """Finish queued work and checkpoint every collection (graceful shutdown)."""

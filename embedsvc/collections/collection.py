@@ -141,12 +141,17 @@ class Collection:
             dup = next(i for i in ids if ids.count(i) > 1)
             raise InvalidArgument(f"document id {dup!r} appears twice in one request", field="ids")
         vectors = self._check_embedding(embedding, "embedding")
+        payloads = getattr(embedding, "payloads", None)
+        if payloads is not None and len(payloads) != len(ids):
+            raise InvalidArgument(f"{len(payloads)} payloads for {len(ids)} documents")
         meta_json = [canonical_metadata(m, f"metadatas[{i}]") for i, m in enumerate(metas)]
         if not ids:
             return UpsertResult(0, 0, 0)
         with self._lock.write():
             self._check_open()
-            out = self._store.upsert(ids, texts, meta_json, [v.tobytes() for v in vectors])
+            out = self._store.upsert(
+                ids, texts, meta_json, [v.tobytes() for v in vectors], payloads
+            )
             if out.vector_seqs:
                 self._apply(
                     lambda: self._index.add(
@@ -196,6 +201,11 @@ class Collection:
         self._check_open()
         found = self._store.docs_by_id(list(ids))
         return [found.get(i) for i in ids]
+
+    def payloads(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """The strategy payloads stored with these documents (``Embedding.payloads``)."""
+        self._check_open()
+        return self._store.payloads_by_id(list(ids))
 
     def describe(self) -> dict[str, Any]:
         self._check_open()

@@ -39,6 +39,7 @@ CREATE TABLE IF NOT EXISTS docs (
 CREATE INDEX IF NOT EXISTS docs_gen ON docs(gen);
 CREATE TABLE IF NOT EXISTS removed (seq INTEGER PRIMARY KEY, gen INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS payloads (seq INTEGER PRIMARY KEY, data BLOB NOT NULL);
 INSERT OR IGNORE INTO state(key, value) VALUES ('generation', 0);
 """
 _CHUNK = 500  # ids per IN (...) clause
@@ -179,6 +180,20 @@ class DocStore:
             rows = self._conn.execute(sql + " ORDER BY seq", params).fetchall()
         yield from rows
 
+    def payloads_by_id(self, ids: Sequence[str]) -> dict[str, bytes]:
+        """Stored strategy payloads (``Embedding.payloads``) by document id; absent if none."""
+        out: dict[str, bytes] = {}
+        with self._lock:
+            for chunk in _chunks(list(ids)):
+                marks = ",".join("?" * len(chunk))
+                for id_, data in self._conn.execute(
+                    f"SELECT d.id, p.data FROM docs d JOIN payloads p ON p.seq = d.seq "
+                    f"WHERE d.id IN ({marks})",
+                    chunk,
+                ):
+                    out[id_] = bytes(data)
+        return out
+
     def removed_since(self, generation: int) -> np.ndarray:
         with self._lock:
             rows = self._conn.execute(
@@ -193,8 +208,12 @@ class DocStore:
         texts: Sequence[str],
         metadatas: Sequence[str],
         vectors: Sequence[bytes],
+        payloads: Sequence[bytes] | None = None,
     ) -> UpsertOutcome:
-        """Insert or update documents in one durable transaction (metadata as canonical JSON)."""
+        """Insert or update documents in one durable transaction (metadata as canonical JSON).
+
+        ``payloads`` (optional, one per document) are written in the same transaction.
+        """
         out = UpsertOutcome()
         with self._lock, self._transaction() as cur:
             existing: dict[str, tuple] = {}
@@ -217,6 +236,11 @@ class DocStore:
                     out.inserted += 1
                     out.vector_seqs.append(int(cur.lastrowid))
                     out.vector_rows.append(row)
+                    if payloads is not None:
+                        cur.execute(
+                            "INSERT OR REPLACE INTO payloads(seq, data) VALUES (?, ?)",
+                            (int(cur.lastrowid), payloads[row]),
+                        )
                     continue
                 seq, old_text, old_meta, old_vec = old
                 if (old_text, old_meta, bytes(old_vec)) == (text, meta, vec):
@@ -227,6 +251,11 @@ class DocStore:
                     (text, meta, vec, gen, seq),
                 )
                 out.updated += 1
+                if payloads is not None:
+                    cur.execute(
+                        "INSERT OR REPLACE INTO payloads(seq, data) VALUES (?, ?)",
+                        (seq, payloads[row]),
+                    )
                 if bytes(old_vec) != vec:
                     out.vector_seqs.append(int(seq))
                     out.vector_rows.append(row)
@@ -251,6 +280,7 @@ class DocStore:
                 for chunk in _chunks(seqs):
                     marks = ",".join("?" * len(chunk))
                     cur.execute(f"DELETE FROM docs WHERE seq IN ({marks})", chunk)
+                    cur.execute(f"DELETE FROM payloads WHERE seq IN ({marks})", chunk)
                 cur.executemany(
                     "INSERT OR REPLACE INTO removed(seq, gen) VALUES (?, ?)",
                     [(s, gen) for s in seqs],

@@ -217,8 +217,16 @@ def add_servicers(server: grpc.Server, engine: Engine) -> list[str]:
     egrpc.add_EmbeddingServiceServicer_to_server(EmbeddingServicer(engine), server)
     cgrpc.add_CollectionServiceServicer_to_server(CollectionServicer(engine), server)
     rag = add_rag_servicer(server, engine)
+    from embedsvc.server.generation_servicer import add_generation_servicer
+
+    generation = add_generation_servicer(server, engine)
+    from embedsvc.server.sense_servicer import add_sense_servicer
+
+    senses = add_sense_servicer(server, engine)
     return [
         epb.DESCRIPTOR.services_by_name["EmbeddingService"].full_name,
         cpb.DESCRIPTOR.services_by_name["CollectionService"].full_name,
         rag,
+        generation,
+        senses,
     ]

@@ -97,6 +97,22 @@ def grpc_errors(method: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def grpc_stream_errors(method: F) -> F:
+    """``grpc_errors`` for server-streaming methods (generators): errors raised while streaming,
+    before or after the first message, become status codes too."""
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        try:
+            yield from method(self, request, context)
+        except Exception as exc:
+            if isinstance(exc, grpc.RpcError) or _already_aborted(context):
+                raise
+            abort(context, exc)
+
+    return wrapper  # type: ignore[return-value]
+
+
 def _already_aborted(context: grpc.ServicerContext) -> bool:
     code = getattr(context, "code", lambda: None)()
     return code is not None and code != grpc.StatusCode.OK

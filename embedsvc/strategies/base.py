@@ -47,6 +47,9 @@ class Embedding:
     truncated_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     #: seconds spent per stage (queue, tokenize, inference), filled in by the serving path
     timings: dict[str, float] = field(default_factory=dict)
+    #: optional per-text bytes a collection stores beside each document and hands back to
+    #: ``Strategy.rescore`` (e.g. BTR token codes); None for strategies without one
+    payloads: list[bytes] | None = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -58,6 +61,7 @@ class Embedding:
             self.dim,
             self.token_counts[start:stop],
             self.truncated_tokens[start:stop],
+            payloads=None if self.payloads is None else self.payloads[start:stop],
         )
 
     @staticmethod
@@ -71,6 +75,11 @@ class Embedding:
             first.dim,
             np.concatenate([p.token_counts for p in parts]),
             np.concatenate([p.truncated_tokens for p in parts]),
+            payloads=(
+                None
+                if any(p.payloads is None for p in parts)
+                else [x for p in parts for x in p.payloads]  # type: ignore[union-attr]
+            ),
         )
 
 
@@ -120,6 +129,15 @@ class Strategy(ABC):
         truncate: bool = True,
     ) -> Embedding:
         """Embed ``texts``. With ``truncate=False`` an over-long text raises InvalidArgument."""
+
+    #: candidates per query the index returns for ``rescore`` (0 = this strategy never rescores)
+    rescore_depth: int = 0
+
+    def rescore(self, queries: list[str], candidates: list[list[bytes]]) -> list[np.ndarray]:
+        """Second-stage scores: for each query, one score per candidate payload (higher is
+        better). Only called when ``rescore_depth > 0``; the payloads are what ``encode``
+        returned in ``Embedding.payloads`` for those passages."""
+        raise NotImplementedError(f"strategy {self.name!r} does not rescore")
 
     def onnx_spec(self) -> Any:
         """Export hook: an ``embedsvc.export.OnnxSpec`` (the traceable module and how to feed

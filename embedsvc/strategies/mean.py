@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import Field
@@ -88,6 +89,12 @@ class MeanPooling(Strategy):
             verbose=False,  # no "longer than the maximum" warning: we report truncation ourselves
         )["input_ids"]
         return [len(x) for x in ids]
+
+    def onnx_spec(self) -> Any:
+        """Export hook: encoder + masked mean pooling as one graph (``embedsvc.export``)."""
+        from embedsvc.export.modules import mean_pooling_spec
+
+        return mean_pooling_spec(self)
 
     def encode(
         self,

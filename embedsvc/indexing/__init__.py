@@ -1,0 +1,1 @@
+"""Batch indexing jobs (Ray Data); the single-process indexer is ``embedsvc index``."""

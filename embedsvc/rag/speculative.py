@@ -1,0 +1,271 @@
+"""Greedy speculative decoding with batched draft verification; the drafter is pluggable.
+
+Reference
+    DReSD ``spec_dec_dresd.py`` (huawei-noah/HEBO@00ba1ac): every draft is verified in ONE batched
+    forward over the KV cache repeated once per draft (no tree attention); the row with the most
+    accepted tokens wins and its cache is kept. REST is verified the same way here.
+
+Loop invariant
+    The KV cache holds every token except the newest one (``tokens[-1]``). A step feeds
+    ``[tokens[-1]] + draft`` per draft row, so row ``r`` position ``j`` predicts the token after
+    ``draft[r][:j]``. Greedy acceptance keeps the longest prefix the target agrees with, then
+    appends the target's own next token (the bonus), so the output equals plain greedy decoding
+    token for token (up to float ties between a batched and a batch-1 forward).
+
+Inputs / outputs
+    :meth:`SpeculativeDecoder.stream` yields the new tokens of each step and fills a
+    :class:`GenerationStats`. A drafter is anything with ``propose(tokens, state) -> drafts``,
+    where ``state`` is the final-norm hidden state [d] of the position that produced
+    ``tokens[-1]`` (DReSD's query) and each draft is the list of tokens to follow ``tokens[-1]``.
+
+Metric conventions (as DReSD's ``evaluate.py``, see techniques.md 7a)
+    * mean accepted length = accepted draft tokens / decode calls, bonus token EXCLUDED
+      (REST and vLLM count ``1 +`` this).
+    * acceptance rate = accepted draft tokens / tokens in the chosen draft rows.
+    * target calls counts every forward of the model, the prefill included.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from embedsvc.errors import InvalidArgument
+
+
+class Drafter(Protocol):
+    name: str
+
+    def propose(self, tokens: Sequence[int], state: np.ndarray | None) -> list[list[int]]: ...
+
+
+class SpecConfig(BaseModel):
+    max_new_tokens: int = Field(128, ge=1)
+    num_drafts: int = Field(10, ge=1, description="rows verified per step (reference 10)")
+    len_drafts: int = Field(10, ge=1, description="tokens per draft (reference 10)")
+    stop_at_eos: bool = True
+
+
+@dataclass
+class GenerationStats:
+    new_tokens: int = 0
+    target_calls: int = 0  # all forwards, prefill included
+    decode_calls: int = 0  # forwards after the prefill (one per step)
+    draft_steps: int = 0  # steps that had at least one draft
+    drafted_tokens: int = 0  # tokens of the chosen draft rows
+    accepted_tokens: int = 0  # draft tokens accepted (bonus excluded)
+    accepted_per_step: list[int] = field(default_factory=list)
+    draft_time_s: float = 0.0
+    wall_time_s: float = 0.0
+
+    @property
+    def mean_accepted_length(self) -> float:
+        return self.accepted_tokens / self.decode_calls if self.decode_calls else 0.0
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.drafted_tokens if self.drafted_tokens else 0.0
+
+    @property
+    def calls_per_token(self) -> float:
+        return self.target_calls / self.new_tokens if self.new_tokens else 0.0
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.new_tokens / self.wall_time_s if self.wall_time_s else 0.0
+
+    def __iadd__(self, other: GenerationStats) -> GenerationStats:
+        for name in (
+            "new_tokens",
+            "target_calls",
+            "decode_calls",
+            "draft_steps",
+            "drafted_tokens",
+            "accepted_tokens",
+            "draft_time_s",
+            "wall_time_s",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.accepted_per_step += other.accepted_per_step
+        return self
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "new_tokens": self.new_tokens,
+            "target_calls": self.target_calls,
+            "mean_accepted_length": round(self.mean_accepted_length, 4),
+            "acceptance_rate": round(self.acceptance_rate, 4),
+            "calls_per_token": round(self.calls_per_token, 4),
+            "tokens_per_s": round(self.tokens_per_s, 3),
+            "draft_ms_per_step": round(1e3 * self.draft_time_s / max(1, self.decode_calls), 3),
+            "wall_time_s": round(self.wall_time_s, 3),
+        }
+
+
+def accept_longest(drafts: Sequence[Sequence[int]], target: np.ndarray) -> tuple[int, int]:
+    """Pick the draft row with the longest prefix the target agrees with.
+
+    Inputs: ``drafts`` (n rows of possibly different lengths, the tokens proposed after the last
+    token) and ``target`` [n, >= max_len + 1], the target's argmax at every fed position (row r
+    position j = the target's next token after ``last + drafts[r][:j]``).
+    Output: ``(row, accepted)``; the bonus token is ``target[row, accepted]``. Ties go to the
+    lowest row (the best-ranked draft).
+
+    >>> import numpy as np
+    >>> accept_longest([[5, 6, 7], [5, 9, 9]], np.array([[5, 6, 8, 0], [5, 6, 1, 0]]))
+    (0, 2)
+    >>> accept_longest([[1, 2], [3, 4]], np.array([[9, 9, 9], [3, 4, 7]]))
+    (1, 2)
+    >>> accept_longest([[1], [2]], np.array([[5, 0], [5, 0]]))
+    (0, 0)
+    """
+    best_row, best = 0, -1
+    for r, draft in enumerate(drafts):
+        n = len(draft)
+        agree = np.asarray(draft, dtype=np.int64) == target[r, :n]
+        accepted = int(n if agree.all() else np.argmin(agree))
+        if accepted > best:
+            best_row, best = r, accepted
+    return best_row, max(best, 0)
+
+
+def dedupe_drafts(drafts: Sequence[Sequence[int]], limit: int) -> list[list[int]]:
+    """Drop empty and repeated drafts (first occurrence kept, order kept), then keep ``limit``.
+
+    Identical rows verify identically, so removing them never changes the accepted length; it
+    only saves batch rows.
+
+    >>> dedupe_drafts([[1, 2], [1, 2], [], [3]], 5)
+    [[1, 2], [3]]
+    """
+    seen: set[tuple[int, ...]] = set()
+    out: list[list[int]] = []
+    for d in drafts:
+        key = tuple(int(t) for t in d)
+        if key and key not in seen:
+            seen.add(key)
+            out.append(list(key))
+            if len(out) == limit:
+                break
+    return out
+
+
+def _crop_to(cache: Any, length: int) -> None:
+    """Keep the first ``length`` positions (negative = "remove n": transformers 4 and 5)."""
+    remove = cache.get_seq_length() - length
+    if remove > 0:
+        cache.crop(-remove)
+
+
+class SpeculativeDecoder:
+    """Greedy decoding of one prompt with optional drafts (``drafter=None`` = plain greedy)."""
+
+    def __init__(
+        self, backbone: Any, drafter: Drafter | None = None, config: SpecConfig | None = None
+    ):
+        self.backbone = backbone
+        self.model = backbone.model
+        self.drafter = drafter
+        self.config = config or SpecConfig()
+        self.eos = int(backbone.tokenizer.eos_token_id)
+
+    def _forward(self, ids: Any, cache: Any) -> tuple[Any, Any]:
+        """(final-norm states [b, t, d], greedy next tokens [b, t]) of ``ids`` on ``cache``."""
+        hidden = self.model.model(input_ids=ids, past_key_values=cache, use_cache=True)
+        hidden = hidden.last_hidden_state
+        return hidden, self.model.lm_head(hidden).argmax(-1)
+
+    def generate(
+        self, prompt_ids: Sequence[int], max_new_tokens: int | None = None
+    ) -> tuple[list[int], GenerationStats]:
+        stats = GenerationStats()
+        out: list[int] = []
+        for chunk in self.stream(prompt_ids, max_new_tokens, stats):
+            out += chunk
+        return out, stats
+
+    def stream(
+        self,
+        prompt_ids: Sequence[int],
+        max_new_tokens: int | None = None,
+        stats: GenerationStats | None = None,
+    ) -> Iterator[list[int]]:
+        """Yield the tokens each step adds (>= 1 per step) until EOS or ``max_new_tokens``."""
+        import torch
+        from transformers import DynamicCache
+
+        cfg = self.config
+        limit = int(max_new_tokens or cfg.max_new_tokens)
+        stats = stats if stats is not None else GenerationStats()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise InvalidArgument("the prompt is empty", field="prompt")
+        max_pos = int(getattr(self.model.config, "max_position_embeddings", 1 << 30))
+        if len(prompt) + limit > max_pos:
+            raise InvalidArgument(
+                f"prompt ({len(prompt)} tokens) + max_new_tokens ({limit}) exceeds the model's "
+                f"context of {max_pos}",
+                field="max_new_tokens",
+            )
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            cache = DynamicCache(config=self.model.config)
+            hidden, pred = self._forward(torch.tensor([prompt]), cache)
+            stats.target_calls += 1
+            state = hidden[0, -1]
+            tokens = prompt + [int(pred[0, -1])]
+            produced = 1
+            stats.new_tokens += 1
+            first = [tokens[-1]]
+            done = (cfg.stop_at_eos and tokens[-1] == self.eos) or produced >= limit
+            stats.wall_time_s += time.perf_counter() - t0
+            yield first
+            while not done:
+                t0 = time.perf_counter()
+                budget = limit - produced - 1  # the bonus token always comes on top
+                drafts: list[list[int]] = []
+                if self.drafter is not None and budget > 0:
+                    td = time.perf_counter()
+                    raw = self.drafter.propose(tokens, state.float().numpy())
+                    drafts = dedupe_drafts(
+                        [d[: min(cfg.len_drafts, budget)] for d in raw], cfg.num_drafts
+                    )
+                    stats.draft_time_s += time.perf_counter() - td
+                past = len(tokens) - 1
+                if drafts:
+                    width = max(len(d) for d in drafts)
+                    rows = [[tokens[-1], *d] + [self.eos] * (width - len(d)) for d in drafts]
+                    if len(rows) > 1:
+                        cache.batch_repeat_interleave(len(rows))
+                    hidden, pred = self._forward(torch.tensor(rows), cache)
+                    row, accepted = accept_longest(drafts, pred.numpy())
+                    if len(rows) > 1:
+                        cache.batch_select_indices(torch.tensor([row]))
+                    _crop_to(cache, past + 1 + accepted)
+                    new = drafts[row][:accepted] + [int(pred[row, accepted])]
+                    state = hidden[row, accepted]
+                    stats.draft_steps += 1
+                    stats.drafted_tokens += len(drafts[row])
+                else:
+                    hidden, pred = self._forward(torch.tensor([[tokens[-1]]]), cache)
+                    accepted, new, state = 0, [int(pred[0, 0])], hidden[0, 0]
+                if cfg.stop_at_eos and self.eos in new:
+                    new = new[: new.index(self.eos) + 1]
+                    done = True
+                new = new[: limit - produced]
+                accepted = min(accepted, len(new))  # drafts past an EOS are not output
+                stats.target_calls += 1
+                stats.decode_calls += 1
+                stats.accepted_tokens += accepted
+                stats.accepted_per_step.append(accepted)
+                produced += len(new)
+                done = done or produced >= limit
+                tokens += new
+                stats.new_tokens += len(new)
+                stats.wall_time_s += time.perf_counter() - t0
+                yield new

@@ -1,0 +1,313 @@
+"""``dupmae``: the DupMAE (RetroMAE v2) duplex representation of a pre-trained MiniLM.
+
+Reference
+    Xiao et al., "RetroMAE-2: Duplex Masked Auto-Encoder For Pre-Training Retrieval-Oriented
+    Language Models" (ACL 2023, arXiv 2211.08769); pre-training code staoxiao/RetroMAE
+    (``src/pretrain/modeling_duplex.py``), re-derived in ``_dupmae_model.py``. No inference or
+    fine-tuning code was released (RetroMAE issues #17, #29); this follows the paper's text:
+    "[CLS] and ordinary-token embeddings, after dimension reduction and aggregation, are
+    concatenated as one unified representation".
+
+Inputs-Outputs
+    Texts (role ignored) -> float32 ``[n, d]``, unit norm, from one encoder pass:
+
+    * CLS channel: ``normalize(W h_[CLS])``, ``W`` a learned ``384 -> cls_dim`` linear map.
+    * OT channel: ``ot_v = max_i log(1 + relu(z_iv))`` over *ordinary* positions ``i`` (no
+      padding, [CLS], [SEP]) of the tied LM head's vocabulary logits ``z`` (SPLADE-max, as the
+      maintainer points to SPLADE for the sparse side); its top-``k`` (weight, vocab id) pairs.
+    * ``channels="both"``: ``[sqrt(w) cls ; sqrt(1-w) ot_dense]``, so the inner product is
+      ``w cos_cls + (1-w) cos_ot`` (``w = cls_weight``, 0.5).
+
+    **Departure from the paper**: the paper scores the OT part as a sparse vector over the
+    30522-word vocabulary. To keep one dense FAISS inner-product index, the top-k sparse
+    vector is *signed-feature-hashed* into ``ot_dim`` buckets (``_dupmae_model.hash_topk``;
+    inner products are preserved in expectation, collisions add zero-mean noise). Training
+    (``training/train_dupmae.py finetune``) scores the exact sparse vectors.
+    ``normalize=False`` returns the same unit vectors (the channels are normalised by design).
+
+Hyper-parameters
+    From the artifact's ``head_config.json``: ``cls_dim`` 192, ``ot_dim`` 192, ``top_k`` 64,
+    ``cls_weight`` 0.5, ``hash_seed``. Config: ``artifact`` (``dupmae/finetuned`` or
+    ``dupmae/pretrained`` under ``embedsvc/artifacts``, or a folder), ``channels``
+    (``both|cls|ot``), ``top_k`` / ``cls_weight`` overrides, ``batch_size``, ``max_length``.
+    Registered names: ``dupmae`` / ``dupmae_cls`` / ``dupmae_ot`` (fine-tuned) and
+    ``dupmae_pt`` / ``dupmae_pt_cls`` / ``dupmae_pt_ot`` (pre-trained only).
+    The encoder is MiniLM + a LoRA adapter (merged into a private copy at load time; the
+    shared backbone is never modified). Results: ``docs/results/issue4.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, create_model
+
+from embedsvc.backbones import Backbone, load_backbone
+from embedsvc.errors import FailedPrecondition, InvalidArgument
+from embedsvc.strategies._limits import apply_token_limit, check_texts
+from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+BUILD_HINT = (
+    "build it with `.venv/bin/python training/train_dupmae.py pretrain --config "
+    "training/configs/dupmae_pretrain.json` (then `finetune --config "
+    "training/configs/dupmae_finetune.json` for dupmae/finetuned)"
+)
+
+
+def artifact_dir(name_or_path: str) -> Path:
+    """A shipped artifact (``embedsvc/artifacts/<name>``) or any folder holding one."""
+    for cand in (ARTIFACTS / name_or_path, Path(name_or_path).expanduser()):
+        if (cand / "head_config.json").is_file():
+            return cand.resolve()
+    raise FailedPrecondition(
+        f"DupMAE artifact {name_or_path!r} not found (no head_config.json under "
+        f"{ARTIFACTS / name_or_path} or that folder); {BUILD_HINT}",
+        field="artifact",
+    )
+
+
+class DupMAEConfig(StrategyConfig):
+    #: artifact name under embedsvc/artifacts, or a folder (adapter/, heads.safetensors, ...)
+    artifact: str = "dupmae/finetuned"
+    channels: Literal["both", "cls", "ot"] = "both"
+    #: override the artifact's top-k of the OT channel / CLS weight of the concatenation
+    top_k: int | None = Field(None, ge=1)
+    cls_weight: float | None = Field(None, gt=0.0, lt=1.0)
+    batch_size: int = Field(32, ge=1)
+    #: token limit; None = the backbone's served limit (256 for MiniLM)
+    max_length: int | None = Field(None, ge=4)
+
+
+class _Loaded:
+    """The strategy's private model: merged LoRA encoder copy + heads + hash tables."""
+
+    def __init__(self, backbone: Backbone, folder: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        from embedsvc.strategies._dupmae_model import DupMAEHeads, hash_buckets, lora_encoder
+
+        self.head_config: dict[str, Any] = json.loads((folder / "head_config.json").read_text())
+        manifest = json.loads((folder / "manifest.json").read_text())
+        base = manifest.get("base_model", {}).get("fingerprint")
+        if base and base != backbone.fingerprint:
+            raise FailedPrecondition(
+                f"DupMAE artifact {folder} was trained on backbone fingerprint {base}, not "
+                f"{backbone.fingerprint}; retrain it: {BUILD_HINT}",
+                field="artifact",
+            )
+        peft_model = lora_encoder(
+            backbone.model, adapter_dir=str(folder / "adapter"), trainable=False
+        )
+        # merge once: inference then costs exactly a plain MiniLM forward
+        self.encoder = peft_model.merge_and_unload().eval()
+        self.heads = DupMAEHeads(
+            self.encoder.embeddings.word_embeddings, int(self.head_config["cls_dim"])
+        )
+        self.heads.load_state_dict(load_file(folder / "heads.safetensors"))
+        self.heads.eval()
+        vocab = self.encoder.embeddings.word_embeddings.num_embeddings
+        self.bucket, self.sign = hash_buckets(
+            vocab, int(self.head_config["ot_dim"]), int(self.head_config["hash_seed"])
+        )
+        h = hashlib.sha256((folder / "heads.safetensors").read_bytes())
+        for p in sorted((folder / "adapter").glob("*")):
+            h.update(p.read_bytes())
+        self.digest = h.hexdigest()[:16]
+        self.torch = torch
+
+
+class DupMAE(Strategy):
+    """CLS + hashed OT (or one channel) of a DupMAE-pre-trained MiniLM."""
+
+    output_kind = "dense"
+    config_cls = DupMAEConfig
+    description = "DupMAE: [CLS] reduced + top-k ordinary-token vocab channel (hashed)"
+    config: DupMAEConfig
+
+    def __init__(self, config: DupMAEConfig | None = None, *, cache_dir: Path | None = None):
+        super().__init__(config)
+        self._cache_dir = cache_dir
+        self._backbone: Backbone | None = None
+        self._model: _Loaded | None = None
+        self._lock = threading.Lock()
+
+    # -- loading ------------------------------------------------------------------------------
+
+    def _head_config(self) -> dict[str, Any]:
+        """Read without loading the model (``dim`` must be cheap)."""
+        if self._model is not None:
+            return self._model.head_config
+        folder = artifact_dir(self.config.artifact)
+        return json.loads((folder / "head_config.json").read_text())
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            with self._lock:
+                if self._backbone is None:
+                    folder = artifact_dir(self.config.artifact)
+                    manifest = json.loads((folder / "manifest.json").read_text())
+                    name = manifest.get("base_model", {}).get("name", "minilm")
+                    self._backbone = load_backbone(name, self._cache_dir)
+        return self._backbone
+
+    @property
+    def model(self) -> _Loaded:
+        if self._model is None:
+            backbone = self.backbone
+            with self._lock:
+                if self._model is None:
+                    self._model = _Loaded(backbone, artifact_dir(self.config.artifact))
+        return self._model
+
+    # -- contract -----------------------------------------------------------------------------
+
+    @property
+    def dim(self) -> int:
+        hc = self._head_config()
+        if self.config.channels == "cls":
+            return int(hc["cls_dim"])
+        if self.config.channels == "ot":
+            return int(hc["ot_dim"])
+        return int(hc["cls_dim"]) + int(hc["ot_dim"])
+
+    @property
+    def max_tokens(self) -> int:
+        return self.config.max_length or self.backbone.max_length
+
+    @property
+    def top_k(self) -> int:
+        return int(self.config.top_k or self._head_config()["top_k"])
+
+    @property
+    def cls_weight(self) -> float:
+        return float(self.config.cls_weight or self._head_config()["cls_weight"])
+
+    @property
+    def fingerprint(self) -> str:
+        m = self.model
+        key = (
+            f"dupmae|{self.backbone.fingerprint}|{m.digest}|{self.config.channels}|"
+            f"{self.top_k}|{self.cls_weight}|{self.max_tokens}"
+        )
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+    def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
+        texts = check_texts(texts)
+        if not texts:
+            return []
+        ids = self.backbone.tokenizer(
+            texts, add_special_tokens=True, return_attention_mask=False, verbose=False
+        )["input_ids"]
+        return [len(x) for x in ids]
+
+    def channel_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """``{"cls": [n, cls_dim], "ot": [n, ot_dim], "both": [n, cls+ot]}`` from one pass.
+
+        Used by the evaluation script to score the three ablations from one encoding.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        from embedsvc.strategies._dupmae_model import (
+            combine,
+            hash_topk,
+            ordinary_mask,
+            ot_topk,
+        )
+
+        m = self.model
+        tok = self.backbone.tokenizer
+        limit = self.max_tokens
+        counts = self.count_tokens(texts)
+        order = np.argsort(-np.asarray(counts), kind="stable")
+        hc = m.head_config
+        out = {
+            "cls": np.empty((len(texts), int(hc["cls_dim"])), np.float32),
+            "ot": np.empty((len(texts), int(hc["ot_dim"])), np.float32),
+        }
+        out["both"] = np.empty((len(texts), out["cls"].shape[1] + out["ot"].shape[1]), np.float32)
+        bs = self.config.batch_size
+        with torch.inference_mode():
+            for start in range(0, len(texts), bs):
+                idx = order[start : start + bs]
+                enc = tok(
+                    [texts[i] for i in idx],
+                    padding=True,
+                    truncation=True,
+                    max_length=limit,
+                    return_tensors="pt",
+                )
+                h = m.encoder(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                ).last_hidden_state
+                cls = F.normalize(m.heads.cls_reduce(h[:, 0]), dim=-1)
+                ordinary = ordinary_mask(
+                    enc["input_ids"], enc["attention_mask"], (tok.cls_token_id, tok.sep_token_id)
+                )
+                values, indices = ot_topk(h, ordinary, m.heads.lm_head, self.top_k)
+                ot = F.normalize(
+                    hash_topk(values, indices, m.bucket, m.sign, int(hc["ot_dim"])), dim=-1
+                )
+                out["cls"][idx] = cls.numpy()
+                out["ot"][idx] = ot.numpy()
+                out["both"][idx] = combine(cls, ot, self.cls_weight).numpy()
+        return out
+
+    def encode(
+        self,
+        texts: list[str],
+        role: Role = Role.PASSAGE,
+        *,
+        normalize: bool = True,
+        truncate: bool = True,
+    ) -> Embedding:
+        texts = check_texts(texts)
+        dim = self.dim
+        if not texts:
+            empty = np.zeros(0, dtype=np.int64)
+            return Embedding("dense", np.zeros((0, dim), np.float32), dim, empty, empty.copy())
+        if self.max_tokens > self.backbone.model.config.max_position_embeddings:
+            raise InvalidArgument("max_length exceeds the backbone's positions", field="max_length")
+        seen, truncated = apply_token_limit(self.count_tokens(texts), self.max_tokens, truncate)
+        vecs = self.channel_vectors(texts)[self.config.channels]
+        return Embedding("dense", vecs, dim, seen, truncated)
+
+
+def _variant(name: str, artifact: str, channels: str) -> type[DupMAE]:
+    """A registered name whose defaults select an artifact stage and channel."""
+
+    cfg = create_model(
+        f"DupMAEConfig_{name}",
+        __base__=DupMAEConfig,
+        artifact=(str, artifact),
+        channels=(Literal["both", "cls", "ot"], channels),
+    )
+    cls = type(
+        f"DupMAE_{name}",
+        (DupMAE,),
+        {
+            "config_cls": cfg,
+            "description": f"DupMAE {channels} channel(s), {artifact}",
+            "__doc__": f"``{name}``: DupMAE with channels={channels}, artifact={artifact}.",
+        },
+    )
+    return register_strategy(name)(cls)
+
+
+register_strategy("dupmae")(DupMAE)
+for _name, _artifact, _channels in (
+    ("dupmae_cls", "dupmae/finetuned", "cls"),
+    ("dupmae_ot", "dupmae/finetuned", "ot"),
+    ("dupmae_pt", "dupmae/pretrained", "both"),
+    ("dupmae_pt_cls", "dupmae/pretrained", "cls"),
+    ("dupmae_pt_ot", "dupmae/pretrained", "ot"),
+):
+    _variant(_name, _artifact, _channels)

@@ -1,0 +1,138 @@
+"""Score DupMAE's channel ablations (CLS-only, OT-only, CLS+OT) and the ``mean`` baseline.
+
+One encoder pass per text yields all three DupMAE vectors (``DupMAE.channel_vectors``), so the
+ablations are scored on exactly the same inputs; ``embedsvc eval retrieval --strategy
+dupmae_cls`` etc. give the same numbers on the full sets but encode three times.
+
+CPU budget (2 shared cores): the OT channel needs ``[L, 30522]`` vocabulary logits per text,
+so by default the sets are *documented subsets*: SciFact = every test-judged document + seeded
+(0) random distractors up to ``--scifact-docs``, documents cut to ``--doc-tokens`` word pieces,
+all 150 test queries; STS-B dev = a seeded (0) random ``--sts-pairs`` pairs (0 = all 1500).
+
+    .venv/bin/python training/eval_dupmae.py --artifact dupmae/pretrained --out docs/results/x.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+DATA = Path("/work/shared/data")
+
+
+def scifact_subset(n_docs: int, doc_tokens: int, tokenizer: Any) -> dict[str, Any]:
+    from embedsvc.eval.data import read_corpus, read_qrels, read_queries
+
+    root = DATA / "scifact"
+    corpus = read_corpus(root / "corpus.jsonl.gz")
+    qrels = read_qrels(root / "qrels/test.tsv")
+    queries = read_queries(root / "queries.jsonl")
+    judged = sorted({d for q in qrels.values() for d in q})
+    others = sorted(set(corpus) - set(judged))
+    random.Random(0).shuffle(others)
+    doc_ids = judged + others[: max(0, n_docs - len(judged))]
+
+    def cut(text: str) -> str:
+        ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+        return text if len(ids) <= doc_tokens else tokenizer.decode(ids[:doc_tokens])
+
+    qids = list(qrels)
+    return {
+        "doc_ids": doc_ids,
+        "docs": [cut(corpus[d].passage()) for d in doc_ids],
+        "qids": qids,
+        "queries": [queries[q] for q in qids],
+        "qrels": qrels,
+    }
+
+
+def retrieval_scores(sf: dict[str, Any], q: np.ndarray, d: np.ndarray) -> dict[str, float]:
+    from embedsvc.eval.retrieval import score_run
+
+    scores = q @ d.T
+    top = np.argsort(-scores, axis=1)[:, :100]
+    run = {
+        qid: {sf["doc_ids"][j]: float(scores[i, j]) for j in top[i]}
+        for i, qid in enumerate(sf["qids"])
+    }
+    return score_run(sf["qrels"], run)
+
+
+def sts_scores(a: np.ndarray, b: np.ndarray, gold: np.ndarray) -> float:
+    from scipy.stats import spearmanr
+
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return float(spearmanr(cos, gold).statistic) * 100.0
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    from embedsvc.strategies import create_strategy
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--artifact", default="dupmae/finetuned")
+    parser.add_argument("--scifact-docs", type=int, default=300)
+    parser.add_argument("--doc-tokens", type=int, default=96)
+    parser.add_argument("--sts-pairs", type=int, default=200)
+    parser.add_argument("--mean", action="store_true", help="also score the mean baseline")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from train_text2token import sts_subset
+
+    t0 = time.time()
+    dup = create_strategy("dupmae", artifact=args.artifact, batch_size=16)
+    tok = dup.backbone.tokenizer
+    sf = scifact_subset(args.scifact_docs, args.doc_tokens, tok)
+    s1, s2, gold = sts_subset(DATA / "stsb/sts-dev.csv", args.sts_pairs)
+    res: dict[str, Any] = {
+        "artifact": args.artifact,
+        "subset": {
+            "scifact_docs": len(sf["doc_ids"]),
+            "doc_tokens": args.doc_tokens,
+            "queries": len(sf["qids"]),
+            "sts_pairs": len(gold),
+        },
+        "command": " ".join([".venv/bin/python", *sys.argv]),
+    }
+    dv = dup.channel_vectors(sf["docs"])
+    qv = dup.channel_vectors(sf["queries"])
+    av, bv = dup.channel_vectors(s1), dup.channel_vectors(s2)
+    for ch in ("cls", "ot", "both"):
+        r = retrieval_scores(sf, qv[ch], dv[ch])
+        res[ch] = {
+            "ndcg@10": r["ndcg@10"],
+            "recall@100": r["recall@100"],
+            "sts": sts_scores(av[ch], bv[ch], gold),
+        }
+        print(ch, res[ch], flush=True)
+    if args.mean:
+        mean = create_strategy("mean", batch_size=16)
+        d = mean.encode(sf["docs"]).vectors
+        q = mean.encode(sf["queries"]).vectors
+        r = retrieval_scores(sf, q, d)
+        res["mean"] = {
+            "ndcg@10": r["ndcg@10"],
+            "recall@100": r["recall@100"],
+            "sts": sts_scores(mean.encode(s1).vectors, mean.encode(s2).vectors, gold),
+        }
+        print("mean", res["mean"], flush=True)
+    res["wall_seconds"] = round(time.time() - t0, 1)
+    print(json.dumps(res, indent=2))
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
