@@ -61,8 +61,14 @@ def _integral(value: Any) -> Any:
     return value
 
 
-def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
-    return _integral(json_format.MessageToDict(struct))
+def struct_to_dict(struct: struct_pb2.Struct, field: str = "metadata") -> dict[str, Any]:
+    """A Struct as plain JSON values; NaN and Infinity (not JSON) are the caller's error."""
+    try:
+        return _integral(json_format.MessageToDict(struct))
+    except ValueError as exc:
+        raise InvalidArgument(
+            f"{field} holds a value JSON cannot represent (NaN or Infinity): {exc}", field=field
+        ) from None
 
 
 def dict_to_struct(data: dict[str, Any] | None) -> struct_pb2.Struct:

@@ -52,7 +52,7 @@ class RagServicer(rgrpc.RagServiceServicer):
             request.collection,
             strategy=request.strategy or None,
             config=config_from_proto(request),
-            filter=struct_to_dict(request.filter) if request.HasField("filter") else None,
+            filter=struct_to_dict(request.filter, "filter") if request.HasField("filter") else None,
         )
         return rpb.SelectContextResponse(
             passages=[passage_to_proto(p, request.omit_documents) for p in selection.passages],

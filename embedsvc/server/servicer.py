@@ -159,7 +159,10 @@ class CollectionServicer(cgrpc.CollectionServiceServicer):
                 raise InvalidArgument(
                     "the first UpsertRequest must name the collection", field="collection"
                 )
-            docs = [Document(d.id, d.text, struct_to_dict(d.metadata)) for d in message.documents]
+            docs = [
+                Document(d.id, d.text, struct_to_dict(d.metadata, f"documents[{i}].metadata"))
+                for i, d in enumerate(message.documents)
+            ]
             total += self.engine.upsert(collection, docs)
         return cpb.UpsertResponse(
             received=total.received,
@@ -174,7 +177,7 @@ class CollectionServicer(cgrpc.CollectionServiceServicer):
 
     @grpc_errors
     def Search(self, request, context):
-        filter = struct_to_dict(request.filter) if request.HasField("filter") else None
+        filter = struct_to_dict(request.filter, "filter") if request.HasField("filter") else None
         if request.HasField("adaptive_k") and request.adaptive_k.enabled:
             results = adaptive_search(
                 self.engine,

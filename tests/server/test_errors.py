@@ -112,3 +112,17 @@ def test_server_keeps_serving_after_errors(client):
         _status(lambda: client.embed([], strategy="debug"))
     assert client.embed(["still alive"], strategy="debug").shape == (1, 32)
     assert client.health() == "SERVING"
+
+
+def test_nan_or_infinity_in_filter_or_metadata(client):
+    client.create_collection("docs", strategy="debug")
+    request = cpb.SearchRequest(collection="docs", queries=["x"])
+    request.filter.update({"score": float("inf")})
+    err = _status(lambda: client.collections.Search(request))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and "filter" in err.details()
+    doc = cpb.Document(id="1", text="hello")
+    doc.metadata.update({"x": float("nan")})
+    upsert = cpb.UpsertRequest(collection="docs", documents=[doc])
+    err = _status(lambda: client.collections.Upsert(iter([upsert])))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "documents[0].metadata" in err.details()
