@@ -397,28 +397,38 @@ async def _load(port: int, collection: str, clients: int, seconds: float, run: R
     await channel.close()
 
 
-def measure_server(ds: Dataset, kinds: list[str], batched: bool, args: argparse.Namespace
+def measure_server(ds: Dataset, kinds: list[str], modes: list[str], args: argparse.Namespace
                    ) -> list[Run]:  # fmt: skip
+    """Per kind: one server per mode, both up, measured in turn (the order alternating by kind),
+    so that a change in the machine's load hits both modes of a kind alike. Servers restart
+    per kind so that each holds one collection (two 1M collections in two processes fit; all
+    of them would not)."""
     truth = np.load(ds.truth_path)
-    mode = "batched" if batched else "one-by-one"
     runs = []
-    clients, seconds = args.clients, args.seconds
-    server = BenchServer(ds, batched, args.grpc_workers, args.blas_threshold)
-    try:
-        for kind in kinds:
-            run = Run(ds.name, ds.n, kind, mode)
-            asyncio.run(_load(server.port, kind, clients, seconds, run, truth))
-            run.rss_mib = server.rss_mib()
-            runs.append(run)
-            p50, p99 = percentiles(run.latencies)
-            print(
-                f"  {ds.name}-{ds.n} {kind:6s} {mode:10s} {run.qps:8.1f} QPS  R@10 {run.recall:.3f}"
-                f"  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  errors {run.errors}  "
-                f"server RSS {run.rss_mib:,.0f} MiB",
-                flush=True,
-            )
-    finally:
-        server.stop()
+    for i, kind in enumerate(kinds):
+        servers: dict[str, BenchServer] = {}
+        try:
+            for mode in modes:
+                servers[mode] = BenchServer(
+                    ds, mode == "batched", args.grpc_workers, args.blas_threshold
+                )
+            for mode in modes if i % 2 == 0 else modes[::-1]:
+                server = servers[mode]
+                run = Run(ds.name, ds.n, kind, mode)
+                asyncio.run(_load(server.port, kind, args.clients, args.seconds, run, truth))
+                run.rss_mib = server.rss_mib()
+                runs.append(run)
+                p50, p99 = percentiles(run.latencies)
+                print(
+                    f"  {ds.name}-{ds.n} {kind:6s} {mode:10s} {run.qps:8.1f} QPS  "
+                    f"R@10 {run.recall:.3f}  p50 {p50:6.1f} ms  p99 {p99:6.1f} ms  "
+                    f"errors {run.errors}  server RSS {run.rss_mib:,.0f} MiB  "
+                    f"load {os.getloadavg()[0]:.1f}",
+                    flush=True,
+                )
+        finally:
+            for server in servers.values():
+                server.stop()
     return runs
 
 
@@ -540,8 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         if not kinds:
             continue
         print(f"\n== {name}-{n}: {args.clients} clients, {args.seconds:.0f} s per row ==")
-        for mode in modes:
-            runs += measure_server(ds, kinds, mode == "batched", args)
+        runs += measure_server(ds, kinds, modes, args)
         if not args.no_faiss_only:
             for kind in kinds:
                 for run in measure_faiss(ds, kind, min(args.seconds, 3.0)):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,44 @@ def _max_length(folder: Path, config: Any, tokenizer: Any) -> int:
     return min(limits) if limits else 512
 
 
+class SerializedTokenizer:
+    """A shared HF tokenizer whose calls never overlap.
+
+    A fast tokenizer keeps padding/truncation as mutable state that every call resets, so two
+    threads tokenising at once (the engine counting tokens in a request thread while the batcher
+    encodes) fail with "Unable to create tensor" or get wrong lengths. Tokenising costs ~0.1 ms
+    per sentence, so one lock per backbone costs nothing next to a forward pass. Everything else
+    (attributes, ``save_pretrained``, ``decode``) is delegated unchanged.
+    """
+
+    _LOCKED = ("__call__", "encode", "encode_plus", "batch_encode_plus", "pad", "tokenize")
+
+    def __init__(self, tokenizer: Any) -> None:
+        object.__setattr__(self, "_tokenizer", tokenizer)
+        object.__setattr__(self, "_lock", threading.RLock())
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return self._tokenizer(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._tokenizer, name)
+        if name in self._LOCKED and callable(value):
+
+            def locked(*args: Any, **kwargs: Any) -> Any:
+                with self._lock:
+                    return value(*args, **kwargs)
+
+            return locked
+        return value
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(self._tokenizer, name, value)
+
+    def __len__(self) -> int:
+        return len(self._tokenizer)
+
+
 def ensure_pad_token(tokenizer: Any) -> None:
     """Give the tokenizer a pad token if it has none (batching needs one).
 
@@ -156,7 +195,7 @@ def load_folder(
         name=name or str(folder),
         kind=kind,
         model=model,
-        tokenizer=tokenizer,
+        tokenizer=SerializedTokenizer(tokenizer),
         max_length=_max_length(folder, config, tokenizer),
         source=folder,
         fingerprint=fingerprint or folder_fingerprint(folder),

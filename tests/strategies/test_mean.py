@@ -129,3 +129,35 @@ def test_empty_inputs(mean: MeanPooling) -> None:
 
 def test_fingerprint_is_stable(mean: MeanPooling) -> None:
     assert mean.fingerprint == MeanPooling().fingerprint and len(mean.fingerprint) == 16
+
+
+@pytest.mark.slow
+def test_concurrent_count_tokens_and_encode_do_not_race():
+    """The engine counts tokens in request threads while the batcher encodes: one shared
+    tokenizer must survive that (it keeps mutable padding/truncation state)."""
+    import threading
+
+    strategy = create_strategy("mean")
+    texts = [f"sentence number {i} " + "word " * (i % 40) for i in range(64)]
+    expected = strategy.count_tokens(texts)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def count() -> None:
+        try:
+            while not stop.is_set():
+                assert strategy.count_tokens(texts) == expected
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=count) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for _ in range(3):
+            strategy.encode(texts)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert errors == []
