@@ -39,3 +39,14 @@ def apply_token_limit(
         )
     seen = np.minimum(arr, limit)
     return seen, arr - seen
+
+
+def count_with_specials(tokenizer: object, texts: Sequence[object]) -> list[int]:
+    """Untruncated token counts of ``texts``, special tokens included (tokenizer only)."""
+    texts = check_texts(texts)
+    if not texts:
+        return []
+    ids = tokenizer(  # type: ignore[operator]
+        texts, add_special_tokens=True, return_attention_mask=False, verbose=False
+    )["input_ids"]
+    return [len(x) for x in ids]

@@ -43,7 +43,7 @@ from pydantic import Field
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
 from embedsvc.strategies._btr_codes import pack_bits, unpack_bits
-from embedsvc.strategies._limits import apply_token_limit, check_texts
+from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
 DEFAULT_ARTIFACT = Path(__file__).resolve().parents[1] / "artifacts" / "btr"
@@ -183,13 +183,7 @@ class BinaryTokenRepresentations(Strategy):
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        ids = self.backbone.tokenizer(
-            texts, add_special_tokens=True, return_attention_mask=False, verbose=False
-        )["input_ids"]
-        return [len(x) for x in ids]
+        return count_with_specials(self.backbone.tokenizer, texts)
 
     def _batches(self, texts: list[str], truncate: bool):
         """Yield ``(indices, tokenizer output)`` longest first; also returns the limit stats."""

@@ -49,7 +49,7 @@ from pydantic import Field, create_model
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
-from embedsvc.strategies._limits import apply_token_limit, check_texts
+from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -200,13 +200,7 @@ class DupMAE(Strategy):
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        ids = self.backbone.tokenizer(
-            texts, add_special_tokens=True, return_attention_mask=False, verbose=False
-        )["input_ids"]
-        return [len(x) for x in ids]
+        return count_with_specials(self.backbone.tokenizer, texts)
 
     def channel_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
         """``{"cls": [n, cls_dim], "ot": [n, ot_dim], "both": [n, cls+ot]}`` from one pass.

@@ -37,7 +37,7 @@ from pydantic import Field
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition
-from embedsvc.strategies._limits import apply_token_limit, check_texts
+from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
 DEFAULT_STUDENT = Path(__file__).resolve().parents[1] / "artifacts" / "multisense-student"
@@ -179,13 +179,7 @@ class MultiSense(Strategy):
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        ids = self.backbone.tokenizer(
-            texts, add_special_tokens=True, return_attention_mask=False, verbose=False
-        )["input_ids"]
-        return [len(x) for x in ids]
+        return count_with_specials(self.backbone.tokenizer, texts)
 
     def token_states(self, enc: dict[str, Any]):
         """``(states [B, T, d], sense ids [B, T])`` after (optional) sense replacement."""

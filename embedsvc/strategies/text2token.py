@@ -36,7 +36,7 @@ from pydantic import Field, create_model
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition
-from embedsvc.strategies._limits import apply_token_limit, check_texts
+from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
@@ -143,13 +143,7 @@ class Text2Token(Strategy):
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        ids = self.backbone.tokenizer(
-            texts, add_special_tokens=True, return_attention_mask=False, verbose=False
-        )["input_ids"]
-        return [len(x) for x in ids]
+        return count_with_specials(self.backbone.tokenizer, texts)
 
     def encode(
         self,
