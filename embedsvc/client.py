@@ -6,6 +6,8 @@
 >>> client.create_collection("docs", strategy="mean", index_kind="hnsw")
 >>> client.upsert("docs", [{"id": "1", "text": "hello", "metadata": {"lang": "en"}}])
 >>> client.search("docs", ["greeting"], top_k=3, filter={"lang": "en"})
+>>> client.select_context("docs", "how do I greet?").k    # Adaptive-k context for a reader
+>>> "".join(m.text for m in client.generate("Say hello.", drafter="dresd", datastore="ds"))
 """
 
 from __future__ import annotations
@@ -25,6 +27,10 @@ from embedsvc.v1 import collection_service_pb2 as cpb
 from embedsvc.v1 import collection_service_pb2_grpc as cgrpc
 from embedsvc.v1 import embedding_service_pb2 as epb
 from embedsvc.v1 import embedding_service_pb2_grpc as egrpc
+from embedsvc.v1 import generation_service_pb2 as gpb
+from embedsvc.v1 import generation_service_pb2_grpc as ggrpc
+from embedsvc.v1 import rag_service_pb2 as rpb
+from embedsvc.v1 import rag_service_pb2_grpc as rgrpc
 from embedsvc.v1 import types_pb2
 
 _ROLES = {"query": types_pb2.ROLE_QUERY, "passage": types_pb2.ROLE_PASSAGE}
@@ -90,6 +96,8 @@ class EmbedsvcClient:
         self.timeout = timeout
         self.embeddings = egrpc.EmbeddingServiceStub(self.channel)
         self.collections = cgrpc.CollectionServiceStub(self.channel)
+        self.rag = rgrpc.RagServiceStub(self.channel)
+        self.generation = ggrpc.GenerationServiceStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def close(self) -> None:
@@ -223,3 +231,36 @@ class EmbedsvcClient:
             [Hit(h.id, h.score, h.text, struct_to_dict(h.metadata)) for h in result.hits]
             for result in response.results
         ]
+
+    def select_context(
+        self,
+        collection: str,
+        question: str,
+        filter: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> rpb.SelectContextResponse:
+        """Adaptive-k passages for ``question``; ``options`` are ``SelectContextRequest`` fields
+        (``buffer``, ``pool_size``, ``token_budget``, ``strategy``, ``head_fraction`` ...)."""
+        request = rpb.SelectContextRequest(question=question, collection=collection, **options)
+        if filter:
+            request.filter.update(filter)
+        return self.rag.SelectContext(request, timeout=self.timeout)
+
+    def generate(
+        self,
+        prompt: str | list[dict[str, str]],
+        context: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> Iterator[gpb.GenerateResponse]:
+        """Stream a generation. ``prompt`` is a string or chat messages
+        (``[{"role": "user", "content": ...}]``); ``context`` holds ``ContextOptions`` fields
+        (``collection``, ``buffer`` ...); ``options`` are ``GenerateRequest`` fields
+        (``max_new_tokens``, ``drafter``, ``datastore`` ...). The last message has the stats."""
+        if isinstance(prompt, str):
+            request = gpb.GenerateRequest(prompt=prompt, **options)
+        else:
+            messages = [gpb.ChatMessage(**m) for m in prompt]
+            request = gpb.GenerateRequest(messages=messages, **options)
+        if context:
+            request.context.CopyFrom(gpb.ContextOptions(**context))
+        return self.generation.Generate(request, timeout=self.timeout)

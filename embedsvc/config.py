@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,7 +31,8 @@ class BatchingConfig(BaseModel):
     max_batch_texts: int = Field(256, ge=1)
     max_wait_ms: float = Field(2.0, ge=0, description="how long a request waits for company")
     max_queue_texts: int = Field(8192, ge=1, description="past this, RESOURCE_EXHAUSTED")
-    #: run concurrent searches of one collection as one multi-query FAISS call
+    #: run concurrent searches of one collection as one multi-query FAISS call (index kinds that
+    #: gain from it only: ``VectorIndex.gains_from_batching``, i.e. flat)
     batch_searches: bool = True
     max_search_queries: int = Field(1024, ge=1, description="queries per batched FAISS call")
 
@@ -77,6 +78,32 @@ class HttpConfig(BaseModel):
     port: int = 8080
 
 
+class TracingConfig(BaseModel):
+    """OpenTelemetry traces over OTLP/gRPC; off (no SDK loaded, no overhead) without an endpoint.
+
+    Needs the ``otel`` extra (``pip install embedsvc[otel]``).
+    """
+
+    #: OTLP/gRPC collector, e.g. ``http://localhost:4317`` (``http://`` = plaintext)
+    otlp_endpoint: str | None = None
+    #: the ``service.name`` resource attribute
+    service_name: str = "embedsvc"
+    #: plaintext gRPC to the collector; None = decided by the endpoint's scheme
+    insecure: bool | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.otlp_endpoint)
+
+
+class LoggingConfig(BaseModel):
+    """Log lines of the server: ``json`` (one object per line) or ``text``; one access line per
+    request, every line with the request id."""
+
+    format: Literal["text", "json"] = "text"
+    level: str = "INFO"
+
+
 class ServiceConfig(BaseSettings):
     """Everything the service needs; every field has a working default."""
 
@@ -97,6 +124,8 @@ class ServiceConfig(BaseSettings):
     auth: AuthConfig = AuthConfig()
     tls: TlsConfig = TlsConfig()
     http: HttpConfig = HttpConfig()
+    tracing: TracingConfig = TracingConfig()
+    logging: LoggingConfig = LoggingConfig()
     #: seconds a forward pass may run before health reports NOT_SERVING (engine wedged)
     watchdog_timeout_s: float = Field(120.0, gt=0)
 

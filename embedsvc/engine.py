@@ -19,6 +19,7 @@ from embedsvc.batching import Batcher, SearchBatcher
 from embedsvc.collections.manager import CollectionManager
 from embedsvc.config import ServiceConfig
 from embedsvc.errors import InvalidArgument
+from embedsvc.indexes import index_kind_class
 from embedsvc.strategies import Embedding, Role, Strategy, available_strategies, get_strategy
 
 log = logging.getLogger(__name__)
@@ -258,7 +259,10 @@ class Engine:
         # two-stage search: a strategy that rescores gets a deeper candidate list first
         rescore_depth = int(getattr(strat, "rescore_depth", 0) or 0)
         depth = max(k, rescore_depth)
-        if self.search_batcher is not None:
+        if (
+            self.search_batcher is not None
+            and index_kind_class(coll.index_kind).gains_from_batching
+        ):
             hits = self.search_batcher.search(coll, emb, depth, filter or None)
         else:
             hits = coll.search(emb, depth, filter or None)

@@ -128,3 +128,21 @@ def test_search_batcher_merges_concurrent_searches(tmp_path, debug):
     assert a == [[]] and b == [[]]
     batcher.close()
     manager.close()
+
+
+@pytest.mark.parametrize("kind, batched", [("flat", True), ("hnsw", False), ("binary", False)])
+def test_engine_batches_only_index_kinds_that_gain_from_it(tmp_path, kind, batched):
+    from embedsvc.config import ServiceConfig
+    from embedsvc.engine import Document, Engine
+
+    strategy = "debug_binary" if kind == "binary" else "debug"
+    engine = Engine(ServiceConfig(data_dir=tmp_path, preload_strategies=[]))
+    engine.create_collection("c", strategy=strategy, index_kind=kind)
+    engine.upsert("c", [Document(id=str(i), text=f"doc {i} topic {i % 7}") for i in range(50)])
+    seen = []
+    original = engine.search_batcher.search
+    engine.search_batcher.search = lambda *a, **kw: seen.append(1) or original(*a, **kw)
+    hits = engine.search("c", ["doc 3 topic 3"], 5)
+    assert hits[0][0].id == "3"
+    assert bool(seen) is batched
+    engine.close()

@@ -71,6 +71,11 @@ class VectorIndex(ABC):
 
     kind: ClassVar[str]
     input_kind: ClassVar[VectorKind] = "dense"
+    #: True when one FAISS call over many queries costs much less than the queries one by one
+    #: (a GEMM over a flat index). The server's ``SearchBatcher`` only merges searches of such
+    #: kinds: for graph/list kinds a batch costs the sum of its queries, and funnelling them
+    #: through one worker would lose the RPC threads' parallelism.
+    gains_from_batching: ClassVar[bool] = False
 
     def __init__(self, dim: int, config: IndexConfig | None = None) -> None:
         if dim <= 0 or (self.input_kind == "binary" and dim % 8):

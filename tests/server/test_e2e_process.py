@@ -71,3 +71,64 @@ def test_serve_index_search_restart(tmp_path):
     with ServerProcess(data_dir) as server:
         assert server.client.get_collection("stsb").document_count == 1049
         assert _ids(server.client.search("stsb", probe, top_k=5)) == reference
+
+
+def test_select_context_and_generate_on_a_real_server(tmp_path):
+    """The RAG surface of a real process: Adaptive-k over a MiniLM collection, then SmolLM2
+    generation grounded on that context, plain and with the DReSD drafter (token-identical)."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import uuid
+
+    from embedsvc.rag.datastore import datastore_root
+
+    corpus = tmp_path / "corpus.json"
+    corpus.write_text(
+        json.dumps(
+            [
+                {"instruction": "Name a fast animal.", "input": "", "output": "A cheetah."},
+                {"instruction": "What do dogs like?", "input": "", "output": "Dogs like walks."},
+            ]
+        )
+    )
+    name = f"e2e-{uuid.uuid4().hex[:8]}"  # the server resolves datastores in the user cache
+    build = [sys.executable, "-m", "embedsvc.cli", "datastore", "build", name]
+    subprocess.run(
+        [*build, "--corpus", str(corpus), "--form", "ood", "--max-seq-tokens", "64"],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    try:
+        with ServerProcess(tmp_path / "indexes") as server:
+            client = server.client
+            client.create_collection("kb", strategy="mean", index_kind="flat")
+            docs = [{"id": f"s{i}", "text": t} for i, t in enumerate(_sentences(300))]
+            docs.append({"id": "dog", "text": "Dogs love long walks in the park every day."})
+            client.upsert("kb", docs)
+            picked = client.select_context("kb", "What do dogs love to do?", pool_size=100)
+            assert picked.pool_size == 100 and picked.strategy == "mean"
+            assert picked.k == len(picked.passages) == picked.cut_index + 1 + 5
+            assert picked.passages[0].id == "dog"
+            assert picked.total_tokens == sum(p.token_count for p in picked.passages) > 0
+
+            ask = [{"role": "user", "content": "What do dogs like?"}]
+            context = {"collection": "kb", "buffer": 1}
+            plain = list(client.generate(ask, context=context, max_new_tokens=10))
+            drafted = list(
+                client.generate(
+                    ask, context=context, max_new_tokens=10, drafter="dresd", datastore=name
+                )
+            )
+            tokens = [t for m in plain for t in m.token_ids]
+            assert 0 < len(tokens) == plain[-1].stats.new_tokens <= 10
+            assert [t for m in drafted for t in m.token_ids] == tokens
+            assert plain[0].context[0].id == "dog"
+            stats = drafted[-1].stats
+            assert stats.drafter == "dresd" and stats.target_calls == len(drafted) - 1
+            assert server.stop() == 0, server.tail()
+    finally:
+        shutil.rmtree(datastore_root() / name, ignore_errors=True)
