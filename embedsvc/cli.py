@@ -78,15 +78,25 @@ def serve(
         False, help=f"create and fill the '{DEMO_COLLECTION}' collection from the SciFact corpus"
     ),
     demo_corpus: Path = typer.Option(DEMO_CORPUS, help="corpus for --demo"),
-    log_level: str = typer.Option("INFO"),
+    log_level: str = typer.Option(None, help="DEBUG, INFO, ... (default: logging.level, INFO)"),
+    log_format: str = typer.Option(None, help="text | json (default: logging.format, text)"),
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (then drain and checkpoint)."""
     from embedsvc.server import serve as run
+    from embedsvc.server.logs import configure_logging
 
-    logging.basicConfig(level=log_level, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = _config(config, host=host, port=port, data_dir=data_dir)
     if http_port is not None:
         cfg.http.port = http_port
+    overrides = {"level": log_level, "format": log_format}
+    try:
+        cfg.logging = type(cfg.logging).model_validate(
+            {**cfg.logging.model_dump(), **{k: v for k, v in overrides.items() if v is not None}}
+        )
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    configure_logging(cfg.logging)
 
     def warm_up(engine) -> None:
         if demo:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -90,6 +90,8 @@ class TracingConfig(BaseModel):
     service_name: str = "embedsvc"
     #: plaintext gRPC to the collector; None = decided by the endpoint's scheme
     insecure: bool | None = None
+    #: seconds one export (retries included) may take; bounds shutdown with a dead collector
+    export_timeout_s: float = Field(5.0, gt=0)
 
     @property
     def enabled(self) -> bool:
@@ -102,6 +104,14 @@ class LoggingConfig(BaseModel):
 
     format: Literal["text", "json"] = "text"
     level: str = "INFO"
+
+    @field_validator("level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG"):
+            raise ValueError(f"unknown log level {value!r}: use DEBUG, INFO, WARNING or ERROR")
+        return level
 
 
 class ServiceConfig(BaseSettings):

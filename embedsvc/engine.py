@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from embedsvc import telemetry
 from embedsvc.batching import Batcher, SearchBatcher
 from embedsvc.collections.manager import CollectionManager
 from embedsvc.config import ServiceConfig
@@ -154,6 +155,7 @@ class Engine:
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
         emb = self.batcher.encode(strategy, texts, role, normalize, tokens)
         emb.timings["tokenize"] = tokenize
+        telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=len(texts))
         return emb
 
     def embed(
@@ -268,8 +270,10 @@ class Engine:
             hits = coll.search(emb, depth, filter or None)
         if rescore_depth > 0:
             hits = self._rescore(strat, coll, queries, hits, k)
+        searched = time.perf_counter() - started
+        telemetry.record_stages({"search": searched}, collection=collection, top_k=k)
         if timings is not None:
-            timings.update(emb.timings, search=time.perf_counter() - started)
+            timings.update(emb.timings, search=searched)
         return hits
 
     @staticmethod

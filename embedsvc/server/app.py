@@ -16,9 +16,11 @@ from embedsvc.config import ServiceConfig
 from embedsvc.engine import Engine
 from embedsvc.server.auth import ApiKeyAuth
 from embedsvc.server.http import HttpServer, create_app
-from embedsvc.server.interceptors import AuthInterceptor, MetricsInterceptor
+from embedsvc.server.interceptors import AuthInterceptor, MetricsInterceptor, RequestInterceptor
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.servicer import add_servicers
+from embedsvc.server.tracing import create_tracing
+from embedsvc.telemetry import install_log_record_factory
 
 log = logging.getLogger(__name__)
 
@@ -36,10 +38,17 @@ class Service:
         self.metrics.track_queue(lambda: self.engine.batcher.queued_texts)
         self.metrics.track_collections(self._collection_sizes)
         self.engine.batcher.on_batch = self.metrics.observe_batch
+        install_log_record_factory()  # every log record gets the request's id
+        #: OTel spans to config.tracing.otlp_endpoint; None (no SDK loaded) without one
+        self.tracing = create_tracing(config.tracing)
         self.serving = threading.Event()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.grpc_workers),
-            interceptors=[MetricsInterceptor(self.metrics), AuthInterceptor(self.auth)],
+            interceptors=[
+                RequestInterceptor(self.tracing),
+                MetricsInterceptor(self.metrics),
+                AuthInterceptor(self.auth),
+            ],
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
@@ -67,7 +76,7 @@ class Service:
             raise OSError(f"cannot bind {address}")
         self.http: HttpServer | None = None
         if config.http.enabled:
-            app = create_app(self.engine, self.auth, self.metrics, self.serving)
+            app = create_app(self.engine, self.auth, self.metrics, self.serving, self.tracing)
             self.http = HttpServer(app, config.host, config.http.port, config.tls)
         self._stopped = threading.Event()
         self._ready = threading.Event()
@@ -128,7 +137,8 @@ class Service:
         threading.Thread(target=ready, name="embedsvc-startup", daemon=True).start()
 
     def stop(self, grace: float = 10.0) -> None:
-        """Drain: refuse new RPCs, let in-flight ones finish, then checkpoint collections."""
+        """Drain: refuse new RPCs, let in-flight ones finish, then checkpoint collections and
+        flush the spans still buffered."""
         if self._stopped.is_set():
             return
         self._stopped.set()
@@ -136,7 +146,11 @@ class Service:
         if self.http is not None:
             self.http.stop(grace)
         self.server.stop(grace).wait()
-        self.engine.close()
+        try:
+            self.engine.close()
+        finally:
+            if self.tracing is not None:
+                self.tracing.shutdown()
 
     def wait(self) -> None:
         self.server.wait_for_termination()

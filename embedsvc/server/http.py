@@ -4,7 +4,8 @@
 clients work unmodified; ``model`` names the strategy), ``POST /v1/search`` searches a
 collection, ``GET /v1/models`` lists strategies, ``GET /health`` mirrors gRPC health and
 ``GET /metrics`` is the Prometheus exposition. Errors use the same mapping as gRPC
-(:func:`embedsvc.server.status.to_http`) with OpenAI's error body.
+(:func:`embedsvc.server.status.to_http`) with OpenAI's error body. Every response carries
+``x-request-id`` (the caller's, when valid) and ``x-total-time``.
 """
 
 from __future__ import annotations
@@ -20,12 +21,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from embedsvc import telemetry
 from embedsvc.engine import Engine
 from embedsvc.errors import EmbedsvcError, InvalidArgument
 from embedsvc.server.auth import ApiKeyAuth
+from embedsvc.server.logs import log_access
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.status import to_http
+from embedsvc.server.tracing import Tracing
 from embedsvc.strategies import Role
+
+#: probes and scrapes: access lines at DEBUG, never traced
+_QUIET_ROUTES = frozenset(("/health", "/metrics"))
 
 
 class EmbeddingsRequest(BaseModel):
@@ -54,7 +61,11 @@ def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
 
 
 def create_app(
-    engine: Engine, auth: ApiKeyAuth, metrics: Metrics, serving: threading.Event
+    engine: Engine,
+    auth: ApiKeyAuth,
+    metrics: Metrics,
+    serving: threading.Event,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     app = FastAPI(title="embedsvc", version="1", docs_url=None, redoc_url=None)
 
@@ -66,11 +77,50 @@ def create_app(
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
+        """Request id (``x-request-id`` in, or new; always sent back), access line, span."""
         start = time.perf_counter()
-        response = await call_next(request)
-        elapsed = time.perf_counter() - start
-        metrics.observe_rpc(f"HTTP {request.url.path}", str(response.status_code), elapsed)
+        route, method = request.url.path, request.method
+        quiet = route in _QUIET_ROUTES
+        traced = None if quiet else tracing
+        request_id = telemetry.accept_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
+        tokens = telemetry.enter(request_id, traced.tracer if traced else None)
+        span = None
+        if traced is not None:
+            span = traced.start(
+                f"{method} {route}",
+                {
+                    "http.request.method": method,
+                    "url.path": route,
+                    "http.route": route,
+                    "embedsvc.request_id": request_id,
+                },
+                dict(request.headers),
+            )
+        status, error = 500, None
+        try:
+            try:
+                response = await call_next(request)
+            except Exception as exc:  # a bug: INTERNAL with the request id, trace to the log
+                error = exc
+                code, body = to_http(exc)
+                response = JSONResponse(body, status_code=code)
+            status = response.status_code
+        finally:
+            elapsed = time.perf_counter() - start
+            try:
+                if span is not None:
+                    traced.finish(
+                        span,
+                        {"http.response.status_code": status},
+                        error=str(status) if status >= 500 else None,
+                        exception=error,
+                    )
+                log_access(status, elapsed, route=route, http_method=method, quiet=quiet)
+            finally:
+                telemetry.leave(tokens)
+        metrics.observe_rpc(f"HTTP {route}", str(status), elapsed)
         response.headers["x-total-time"] = f"{elapsed * 1000:.2f}"
+        response.headers[telemetry.REQUEST_ID_HEADER] = request_id
         return response
 
     @app.exception_handler(EmbedsvcError)
@@ -182,7 +232,8 @@ class HttpServer:
         ssl = {}
         if tls is not None and tls.enabled:
             ssl = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
-        config = uvicorn.Config(app, log_level="warning", access_log=False, **ssl)
+        # log_config=None: uvicorn's lines go through the process's handlers (JSON or text)
+        config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None, **ssl)
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run,

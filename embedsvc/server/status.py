@@ -2,7 +2,8 @@
 
 Library errors (:mod:`embedsvc.errors`) carry their code name and a message written for a person;
 the field at fault goes into a ``google.rpc.BadRequest`` detail. Anything else is a bug: the
-client gets INTERNAL with a request id, and the stack trace goes to the log, never to the wire.
+client gets INTERNAL with the request id (the one sent back as ``x-request-id``), and the stack
+trace goes to the log, never to the wire.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from embedsvc.errors import EmbedsvcError
+from embedsvc.telemetry import current_request_id
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +46,7 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
         code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
         message = exc.message
     else:
-        request_id = uuid.uuid4().hex[:12]
+        request_id = current_request_id() or uuid.uuid4().hex[:12]
         log.exception("internal error (request %s)", request_id)
         code, message = grpc.StatusCode.INTERNAL, f"internal error; request id {request_id}"
     rich = status_pb2.Status(code=getattr(code_pb2, code.name), message=message)
