@@ -2,11 +2,11 @@
 #   CPU (default):  docker build -t embedsvc:cpu .
 #   GPU:            docker build -t embedsvc:gpu \
 #                     --build-arg BASE_IMAGE=nvidia/cuda:12.4.1-cudnn-runtime-ubuntu22.04 \
-#                     --build-arg EMBEDSVC_EXTRAS=gpu,ray .
+#                     --build-arg EMBEDSVC_EXTRAS=gpu,ray,otel .
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 # which optional dependency groups setup.sh installs (pyproject.toml extras)
-ARG EMBEDSVC_EXTRAS=cpu,onnx,ray
+ARG EMBEDSVC_EXTRAS=cpu,onnx,ray,otel
 # CUDA base images carry no Python: install it there (python:*-slim already has one)
 RUN apt-get update && apt-get install -y --no-install-recommends build-essential \
     && (command -v python3 >/dev/null \

