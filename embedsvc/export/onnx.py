@@ -84,7 +84,10 @@ def _torch_reference(spec: OnnxSpec, feeds: dict[str, np.ndarray]) -> np.ndarray
 
     with torch.inference_mode():
         args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
-        return spec.module(*args).float().numpy()
+        out = spec.module(*args)
+        if isinstance(out, tuple):  # (embedding, *extra_outputs)
+            out = out[0]
+        return out.float().numpy()
 
 
 def _export_graph(spec: OnnxSpec, path: Path, opset: int, output_kind: str) -> None:
@@ -97,11 +100,15 @@ def _export_graph(spec: OnnxSpec, path: Path, opset: int, output_kind: str) -> N
             self.inner = inner
             self.normalize = normalize
 
-        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            pooled = self.inner(*inputs).float()
+        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            out = self.inner(*inputs)
+            extras: tuple[torch.Tensor, ...] = ()
+            if isinstance(out, tuple):  # (embedding, *extra_outputs)
+                out, extras = out[0], tuple(out[1:])
+            pooled = out.float()
             if not self.normalize:
-                return pooled, pooled
-            return pooled, nn.functional.normalize(pooled, p=2.0, dim=1)
+                return (pooled, pooled, *extras)
+            return (pooled, nn.functional.normalize(pooled, p=2.0, dim=1), *extras)
 
     graph = _Graph(spec.module, output_kind == "dense")
     # torch.onnx.export restores the *wrapper's* mode on the whole tree after tracing: a fresh
@@ -114,6 +121,7 @@ def _export_graph(spec: OnnxSpec, path: Path, opset: int, output_kind: str) -> N
     args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
     axes = {n: {0: "batch", 1: "sequence"} for n in spec.input_names}
     axes.update({n: {0: "batch"} for n in OUTPUTS})
+    axes.update({n: {0: "batch", 1: "sequence"} for n in spec.extra_outputs})
     try:
         with torch.no_grad():
             torch.onnx.export(
@@ -123,7 +131,7 @@ def _export_graph(spec: OnnxSpec, path: Path, opset: int, output_kind: str) -> N
                 dynamo=False,  # the TorchScript tracer: dynamic axes, no onnxscript needed
                 opset_version=opset,
                 input_names=list(spec.input_names),
-                output_names=list(OUTPUTS),
+                output_names=[*OUTPUTS, *spec.extra_outputs],
                 dynamic_axes=axes,
                 do_constant_folding=True,
             )
@@ -225,7 +233,10 @@ def build_manifest(
         },
         "opset": opset,
         "inputs": {n: {"dtype": "int64", "shape": ["batch", "sequence"]} for n in spec.input_names},
-        "outputs": {n: {"dtype": "float32", "shape": ["batch", strategy.dim]} for n in OUTPUTS},
+        "outputs": {
+            **{n: {"dtype": "float32", "shape": ["batch", strategy.dim]} for n in OUTPUTS},
+            **{n: {"shape": ["batch", "sequence", "..."]} for n in spec.extra_outputs},
+        },
         "source": {
             "path": str(spec.source),
             "fingerprint": spec.source_fingerprint,

@@ -129,7 +129,8 @@ class OnnxStrategy(Strategy):
         return int(getattr(self.inner, "rescore_depth", 0) or 0)
 
     def rescore(self, queries: list[str], candidates: list[list[bytes]]) -> list[np.ndarray]:
-        """Second stage stays the wrapped strategy's (it reads stored payloads, no model)."""
+        """Second stage stays the wrapped strategy's torch path (BTR: the float query and the
+        re-embedding of stored token codes; the payloads themselves came from the graph)."""
         return self.inner.rescore(queries, candidates)
 
     def encode(
@@ -144,19 +145,41 @@ class OnnxStrategy(Strategy):
         dim = self.dim
         if not texts:
             empty = np.zeros(0, dtype=np.int64)
-            return Embedding(self.output_kind, np.zeros((0, dim), np.float32), dim, empty, empty)
+            if self.output_kind == "binary":
+                none = np.zeros((0, dim // 8), np.uint8)
+            else:
+                none = np.zeros((0, dim), np.float32)
+            return Embedding(self.output_kind, none, dim, empty, empty.copy())
         counts = self.count_tokens(texts, role)
         seen, truncated = apply_token_limit(counts, self.max_tokens, truncate)
         spec = self.spec
         output = "embedding_normalized" if normalize else "embedding"
         order = np.argsort(-np.asarray(counts), kind="stable")  # batches of similar lengths
-        out = np.empty((len(texts), dim), dtype=np.float32)
+        out: np.ndarray | None = None
+        payloads: list[bytes] | None = None
         bs = spec.batch_size
+        # a finalizer (binary codes, payloads) reads the raw embedding and the extra outputs
+        names = [output] if spec.finalize is None else ["embedding", *spec.extra_outputs]
         for start in range(0, len(texts), bs):
             idx = order[start : start + bs]
             feeds = spec.featurize([texts[i] for i in idx], role)
-            out[idx] = self.session.run([output], feeds)[0]
-        return Embedding(self.output_kind, out, dim, seen, truncated)
+            results = dict(zip(names, self.session.run(names, feeds)))
+            if spec.finalize is None:
+                vecs, pays = results[output], None
+            else:
+                vecs, pays = spec.finalize(results, feeds, role)
+            if out is None:
+                out = np.empty((len(texts), *vecs.shape[1:]), dtype=vecs.dtype)
+            out[idx] = vecs
+            if pays is not None:
+                if payloads is None:
+                    payloads = [b""] * len(texts)
+                for j, i in enumerate(idx):
+                    payloads[i] = pays[j]
+        assert out is not None
+        emb = Embedding(self.output_kind, out, dim, seen, truncated)
+        emb.payloads = payloads
+        return emb
 
 
 def export_dir(cache_dir: Path, strategy: Strategy, int8: bool) -> Path:

@@ -17,6 +17,11 @@ from embedsvc.strategies.base import Role
 #: ``featurize(texts, role)``: one padded int64 batch, named by ``OnnxSpec.input_names``, with
 #: texts truncated exactly as the strategy's torch path truncates them
 Featurizer = Callable[[list[str], Role], dict[str, np.ndarray]]
+#: ``finalize(outputs, feeds, role)``: the graph's outputs of one batch (by name) -> the
+#: strategy's vectors for that batch (e.g. packed bits) and its per-text payloads (or None)
+Finalizer = Callable[
+    [dict[str, np.ndarray], dict[str, np.ndarray], Role], tuple[np.ndarray, list[bytes] | None]
+]
 
 
 @dataclass
@@ -38,3 +43,10 @@ class OnnxSpec:
     batch_size: int = 32
     #: what the graph does not contain, for the manifest (e.g. "prompt template: Python side")
     notes: list[str] = field(default_factory=list)
+    #: further graph outputs, per token (``[batch, sequence, ...]``): ``module`` then returns
+    #: ``(embedding, *extras)`` (e.g. BTR's token codes, stored as payloads)
+    extra_outputs: tuple[str, ...] = ()
+    #: for strategies whose served vectors are not the float embedding (binary codes) or that
+    #: return payloads: maps one batch's outputs to ``(vectors, payloads)``; None = the float
+    #: ``embedding`` / ``embedding_normalized`` output as it is
+    finalize: Finalizer | None = None

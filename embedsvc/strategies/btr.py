@@ -185,6 +185,13 @@ class BinaryTokenRepresentations(Strategy):
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
         return count_with_specials(self.backbone.tokenizer, texts)
 
+    def onnx_spec(self) -> Any:
+        """Export hook: split encoder, sentence-code projection and token codes in the graph;
+        bit packing in Python (``embedsvc.export.trained_modules.btr_spec``)."""
+        from embedsvc.export.trained_modules import btr_spec
+
+        return btr_spec(self)
+
     def _batches(self, texts: list[str], truncate: bool):
         """Yield ``(indices, tokenizer output)`` longest first; also returns the limit stats."""
         counts = self.count_tokens(texts)

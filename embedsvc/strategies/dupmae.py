@@ -202,6 +202,12 @@ class DupMAE(Strategy):
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
         return count_with_specials(self.backbone.tokenizer, texts)
 
+    def onnx_spec(self) -> Any:
+        """Export hook: merged encoder + both channels' heads, top-k and hashing in one graph."""
+        from embedsvc.export.trained_modules import dupmae_spec
+
+        return dupmae_spec(self)
+
     def channel_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
         """``{"cls": [n, cls_dim], "ot": [n, ot_dim], "both": [n, cls+ot]}`` from one pass.
 

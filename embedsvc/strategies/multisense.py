@@ -181,6 +181,13 @@ class MultiSense(Strategy):
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
         return count_with_specials(self.backbone.tokenizer, texts)
 
+    def onnx_spec(self) -> Any:
+        """Export hook: encoder (or student) + the sense dictionary as an initializer, the
+        nearest-sense replacement and mean pooling in one graph."""
+        from embedsvc.export.trained_modules import multisense_spec
+
+        return multisense_spec(self)
+
     def token_states(self, enc: dict[str, Any]):
         """``(states [B, T, d], sense ids [B, T])`` after (optional) sense replacement."""
         import torch

@@ -145,6 +145,12 @@ class Text2Token(Strategy):
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
         return count_with_specials(self.backbone.tokenizer, texts)
 
+    def onnx_spec(self) -> Any:
+        """Export hook: the LoRA-merged decoder + masked mean pooling as one graph."""
+        from embedsvc.export.trained_modules import text2token_spec
+
+        return text2token_spec(self)
+
     def encode(
         self,
         texts: list[str],

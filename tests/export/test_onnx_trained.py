@@ -1,0 +1,180 @@
+"""ONNX export of the trained-artifact strategies: parity with torch and ONNX serving.
+
+``dupmae*`` (top-k + hashed scatter-add in the graph), ``btr`` (sentence codes + token-code
+payloads), ``multisense`` / ``multisense_student`` (a real sense dictionary, built here from
+STS-B sentences, as a graph initializer) and ``text2token*`` (LoRA-merged SmolLM2). Every
+graph must reproduce the torch strategy's vectors (cosine >= 0.999 fp32) on real sentences.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from embedsvc.errors import FailedPrecondition  # noqa: E402
+from embedsvc.eval.data import read_sts  # noqa: E402
+from embedsvc.export.onnx import export_strategy, read_manifest  # noqa: E402
+from embedsvc.export.runtime import OnnxStrategy, onnx_strategy  # noqa: E402
+from embedsvc.strategies import Role, available_strategies, create_strategy  # noqa: E402
+
+STSB = Path("/work/shared/data/stsb/sts-dev.csv")
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not STSB.is_file(), reason="STS-B dev not available"),
+]
+
+DUPMAE = ["dupmae", "dupmae_cls", "dupmae_ot", "dupmae_pt", "dupmae_pt_cls", "dupmae_pt_ot"]
+TEXT2TOKEN = ["text2token", "text2token_s1", "text2token_base"]
+
+
+def _unique_sentences() -> list[str]:
+    pairs = read_sts(STSB)
+    return list(dict.fromkeys(pairs.sentences1 + pairs.sentences2))
+
+
+def _sentences(n: int, offset: int = 0) -> list[str]:
+    """``n`` distinct STS-B dev sentences spread over the file, plus two very short texts."""
+    unique = _unique_sentences()
+    step = max(1, len(unique) // n)
+    return unique[offset::step][:n] + ['He asked: "why not?"', "ok"]
+
+
+def _min_cos(a: np.ndarray, b: np.ndarray) -> float:
+    a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    return float((a * b).sum(1).min())
+
+
+def _strategy(name: str, **config):
+    if name not in available_strategies():
+        pytest.skip(f"{name} has not landed")
+    s = create_strategy(name, **config)
+    try:
+        _ = s.fingerprint  # loads the artifact: a missing one is a skip, not a failure
+    except FailedPrecondition as exc:
+        pytest.skip(f"{name}: {exc}")
+    return s
+
+
+def _check_dense(torch_s, served, texts: list[str]) -> float:
+    ref, got = torch_s.encode(texts), served.encode(texts)
+    cos = _min_cos(ref.vectors, got.vectors)
+    assert cos >= 0.999, cos
+    np.testing.assert_array_equal(ref.token_counts, got.token_counts)
+    np.testing.assert_array_equal(ref.truncated_tokens, got.truncated_tokens)
+    assert np.allclose(np.linalg.norm(got.vectors, axis=1), 1.0, atol=1e-5)
+    # alone (no padding in its batch) it gets the vector it gets in a padded batch
+    assert _min_cos(ref.vectors[:1], served.encode(texts[:1]).vectors) >= 0.999
+    return cos
+
+
+@pytest.mark.parametrize("name", DUPMAE)
+def test_dupmae_parity_fp32(name, tmp_path):
+    torch_s = _strategy(name)
+    manifest = export_strategy(torch_s, tmp_path)
+    assert manifest["parity"]["fp32_min_cosine"] >= 0.999
+    served = OnnxStrategy(torch_s, tmp_path)
+    # 14 sentences + two short texts ("ok": one ordinary token, fewer than top_k active ids)
+    _check_dense(torch_s, served, _sentences(14) + ["x " * 300])
+    raw = served.encode(["A plane is taking off."], normalize=False).vectors
+    assert np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-5)  # unit by design
+
+
+def test_dupmae_graph_has_topk_and_scatter_add(tmp_path):
+    import onnx
+
+    export_strategy(_strategy("dupmae_ot"), tmp_path)
+    graph = onnx.load(str(tmp_path / "model.onnx"), load_external_data=False).graph
+    ops = {n.op_type: n for n in graph.node}
+    assert "TopK" in ops and "ScatterElements" in ops
+    reduction = {a.name: a.s for a in ops["ScatterElements"].attribute}["reduction"]
+    assert reduction == b"add"
+
+
+def test_btr_codes_and_payloads_match_torch(tmp_path):
+    from embedsvc.strategies._btr_codes import unpack_bits
+    from embedsvc.strategies.btr import decode_payload
+
+    torch_s = _strategy("btr")
+    export_strategy(torch_s, tmp_path)
+    manifest = read_manifest(tmp_path)
+    assert list(manifest["outputs"])[2:] == ["token_bits", "token_scales"]
+    served = OnnxStrategy.from_dir(tmp_path)  # the serving path, rebuilt from the manifest
+    texts = _sentences(16)
+    ref, got = torch_s.encode(texts, Role.PASSAGE), served.encode(texts, Role.PASSAGE)
+    assert got.kind == "binary" and got.vectors.dtype == np.uint8
+    assert got.vectors.shape == ref.vectors.shape == (len(texts), torch_s.dim // 8)
+    a, b = unpack_bits(ref.vectors, torch_s.dim), unpack_bits(got.vectors, torch_s.dim)
+    assert (a == b).mean() >= 0.999  # a bit may flip only where the projection is ~0
+    np.testing.assert_array_equal(ref.token_counts, got.token_counts)
+    assert got.payloads is not None and len(got.payloads) == len(texts)
+    for x, y in zip(ref.payloads, got.payloads, strict=True):
+        (b1, s1), (b2, s2) = decode_payload(x), decode_payload(y)
+        assert b1.shape == b2.shape and (b1 == b2).mean() >= 0.999
+        np.testing.assert_allclose(s1, s2, rtol=2e-3)
+    # queries: codes only, no payloads (as torch)
+    q = served.encode(texts[:3], Role.QUERY)
+    assert q.payloads is None
+    qa, qb = unpack_bits(q.vectors, torch_s.dim), unpack_bits(got.vectors[:3], torch_s.dim)
+    assert (qa == qb).mean() >= 0.99
+    # re-ranking from the ONNX-made payloads scores like re-ranking from torch's
+    s_onnx = served.rescore(texts[:2], [got.payloads[:4], got.payloads[:4]])
+    s_torch = torch_s.rescore(texts[:2], [ref.payloads[:4], ref.payloads[:4]])
+    for x, y in zip(s_onnx, s_torch, strict=True):
+        np.testing.assert_allclose(x, y, atol=2e-3)
+
+
+@pytest.fixture(scope="module")
+def sense_dictionary(tmp_path_factory) -> Path:
+    """A small real dictionary: MiniLM's last-layer states over 60 STS-B sentences, k-means."""
+    spec = importlib.util.spec_from_file_location(
+        "build_sense_dictionary", ROOT / "training" / "build_sense_dictionary.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["build_sense_dictionary"] = mod
+    spec.loader.exec_module(mod)
+    tmp = tmp_path_factory.mktemp("senses")
+    corpus = tmp / "corpus.txt"
+    corpus.write_text("\n".join(_unique_sentences()[:60]))
+    out = tmp / "dict"
+    mod.build(
+        mod.BuildConfig(
+            corpus=[str(corpus)],
+            max_passages=60,
+            max_length=64,
+            max_k=4,
+            threads=1,
+            out_dir=str(out),
+        )
+    )
+    return out
+
+
+@pytest.mark.parametrize("name", ["multisense", "multisense_student"])
+def test_multisense_parity_fp32(name, sense_dictionary, tmp_path):
+    torch_s = _strategy(name, dictionary=str(sense_dictionary))
+    served = onnx_strategy(torch_s, tmp_path)  # the Engine's on-first-use export path
+    assert isinstance(served, OnnxStrategy)
+    notes = " ".join(served.manifest["notes"])
+    assert "sense dictionary in the graph" in notes
+    # sentences the dictionary was built from (every token has senses) and unseen ones
+    texts = _unique_sentences()[:6] + _sentences(12, offset=1)
+    _check_dense(torch_s, served, texts)
+    # replacement really happened: the vectors differ from plain pooling of the same model
+    plain = _strategy(name, dictionary=str(sense_dictionary), replace=False)
+    assert _min_cos(plain.encode(texts[:6]).vectors, served.encode(texts[:6]).vectors) < 0.9999
+
+
+@pytest.mark.parametrize("name", TEXT2TOKEN)
+def test_text2token_parity_fp32(name, tmp_path):
+    torch_s = _strategy(name, batch_size=8)
+    manifest = export_strategy(torch_s, tmp_path)
+    assert manifest["parity"]["fp32_min_cosine"] >= 0.999
+    _check_dense(torch_s, OnnxStrategy(torch_s, tmp_path), _sentences(10))
