@@ -77,6 +77,13 @@ class OnnxStrategy(Strategy):
         self._spec: OnnxSpec | None = None
         self._lock = threading.Lock()
 
+    def __getattr__(self, name: str) -> Any:
+        """Anything beyond the Strategy contract (``MultiSense.senses`` for the Senses RPC,
+        ``BTR.token_codes``, ...) is the wrapped strategy's, run by torch."""
+        if name.startswith("__") or name == "inner" or "inner" not in self.__dict__:
+            raise AttributeError(name)
+        return getattr(self.__dict__["inner"], name)
+
     @classmethod
     def from_dir(
         cls, directory: str | Path, *, int8: bool = False, threads: int | None = None

@@ -115,10 +115,13 @@ def test_btr_codes_and_payloads_match_torch(tmp_path):
     assert (a == b).mean() >= 0.999  # a bit may flip only where the projection is ~0
     np.testing.assert_array_equal(ref.token_counts, got.token_counts)
     assert got.payloads is not None and len(got.payloads) == len(texts)
+    same = total = 0
     for x, y in zip(ref.payloads, got.payloads, strict=True):
         (b1, s1), (b2, s2) = decode_payload(x), decode_payload(y)
-        assert b1.shape == b2.shape and (b1 == b2).mean() >= 0.999
+        assert b1.shape == b2.shape and (b1 == b2).mean() >= 0.99  # "ok": 3 tokens x 384 bits
+        same, total = same + int((b1 == b2).sum()), total + b1.size
         np.testing.assert_allclose(s1, s2, rtol=2e-3)
+    assert same / total >= 0.9995  # measured: 1 bit in ~9 000 flips (a state at its centre)
     # queries: codes only, no payloads (as torch)
     q = served.encode(texts[:3], Role.QUERY)
     assert q.payloads is None
@@ -167,6 +170,8 @@ def test_multisense_parity_fp32(name, sense_dictionary, tmp_path):
     # sentences the dictionary was built from (every token has senses) and unseen ones
     texts = _unique_sentences()[:6] + _sentences(12, offset=1)
     _check_dense(torch_s, served, texts)
+    # the Senses RPC's inspection method is the wrapped strategy's (torch), not lost
+    assert served.senses(texts[:1], neighbours=1) == torch_s.senses(texts[:1], neighbours=1)
     # replacement really happened: the vectors differ from plain pooling of the same model
     plain = _strategy(name, dictionary=str(sense_dictionary), replace=False)
     assert _min_cos(plain.encode(texts[:6]).vectors, served.encode(texts[:6]).vectors) < 0.9999
@@ -178,3 +183,43 @@ def test_text2token_parity_fp32(name, tmp_path):
     manifest = export_strategy(torch_s, tmp_path)
     assert manifest["parity"]["fp32_min_cosine"] >= 0.999
     _check_dense(torch_s, OnnxStrategy(torch_s, tmp_path), _sentences(10))
+
+
+def test_btr_collection_served_by_onnx_runtime(tmp_path, monkeypatch):
+    """``runtime="onnx"``: a ``btr`` collection indexes through the graph (codes + stored token
+    codes) and its two-stage search ranks like the torch runtime's."""
+    from embedsvc.config import ServiceConfig
+    from embedsvc.engine import Document, Engine
+
+    _strategy("btr")
+    docs = [
+        "Cats are small domesticated felines kept as pets.",
+        "The stock market fell sharply on Monday.",
+        "Photosynthesis converts light into chemical energy in plants.",
+        "A man is playing a guitar on the street.",
+    ]
+    queries = ["how do plants make energy from sunlight", "someone plays music outdoors"]
+    results = {}
+    for runtime in ("torch", "onnx"):
+        monkeypatch.setenv("EMBEDSVC_CACHE_DIR", str(tmp_path / "cache"))  # restored after
+        engine = Engine(
+            ServiceConfig(
+                data_dir=tmp_path / runtime, cache_dir=tmp_path / "cache", runtime=runtime
+            )
+        )
+        try:
+            if runtime == "onnx":
+                assert isinstance(engine.strategy("btr"), OnnxStrategy)
+            engine.create_collection("b", strategy="btr")
+            engine.upsert("b", [Document(f"d{i}", t) for i, t in enumerate(docs)])
+            payloads = engine.collections.get("b").payloads([f"d{i}" for i in range(4)])
+            hits = engine.search("b", queries, top_k=2)
+            results[runtime] = (payloads, [[(h.id, h.score) for h in row] for row in hits])
+        finally:
+            engine.close()
+    (p_torch, h_torch), (p_onnx, h_onnx) = results["torch"], results["onnx"]
+    assert set(p_onnx) == set(p_torch) and all(len(p_onnx[k]) == len(p_torch[k]) for k in p_torch)
+    assert h_onnx[0][0][0] == "d2" and h_onnx[1][0][0] == "d3"
+    for row_t, row_o in zip(h_torch, h_onnx, strict=True):
+        assert [i for i, _ in row_t] == [i for i, _ in row_o]
+        np.testing.assert_allclose([s for _, s in row_t], [s for _, s in row_o], atol=2e-3)
