@@ -2,8 +2,9 @@
 
 ``dupmae*`` (top-k + hashed scatter-add in the graph), ``btr`` (sentence codes + token-code
 payloads), ``multisense`` / ``multisense_student`` (a real sense dictionary, built here from
-STS-B sentences, as a graph initializer) and ``text2token*`` (LoRA-merged SmolLM2). Every
-graph must reproduce the torch strategy's vectors (cosine >= 0.999 fp32) on real sentences.
+STS-B sentences, as a graph initializer), ``text2token*`` (LoRA-merged SmolLM2) and the shipped
+``mltp`` / ``m2`` / ``eos_linear`` pooling heads. Every graph must reproduce the torch
+strategy's vectors (cosine >= 0.999 fp32) on real sentences.
 """
 
 from __future__ import annotations
@@ -175,6 +176,15 @@ def test_multisense_parity_fp32(name, sense_dictionary, tmp_path):
     # replacement really happened: the vectors differ from plain pooling of the same model
     plain = _strategy(name, dictionary=str(sense_dictionary), replace=False)
     assert _min_cos(plain.encode(texts[:6]).vectors, served.encode(texts[:6]).vectors) < 0.9999
+
+
+@pytest.mark.parametrize("name", ["mltp", "m2", "eos_linear"])
+def test_pooling_heads_shipped_artifacts_parity_fp32(name, tmp_path):
+    """The trained SmolLM2 pooling heads (``embedsvc/artifacts/*-smollm2``) in one graph."""
+    torch_s = _strategy(name, batch_size=8)
+    manifest = export_strategy(torch_s, tmp_path)
+    assert manifest["parity"]["fp32_min_cosine"] >= 0.999
+    _check_dense(torch_s, OnnxStrategy(torch_s, tmp_path), _sentences(10))
 
 
 @pytest.mark.parametrize("name", TEXT2TOKEN)
