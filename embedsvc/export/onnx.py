@@ -149,7 +149,20 @@ def quantize_model_int8(src: Path, dst: Path) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8)
+    quantize_dynamic(
+        str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=_fp16_consumers(src)
+    )
+
+
+def _fp16_consumers(path: Path) -> list[str]:
+    """Nodes reading a float16 initializer (e.g. the multi-sense dictionary's ``centroids``):
+    ORT cannot quantise them (it writes an invalid graph), and a lookup table is data, not a
+    weight to approximate, so they stay as they are."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    fp16 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
+    return [n.name for n in graph.node if fp16.intersection(n.input)] if fp16 else []
 
 
 def check_parity(spec: OnnxSpec, model_path: Path, texts: list[str] | None = None) -> float:

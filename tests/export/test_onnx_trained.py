@@ -178,6 +178,22 @@ def test_multisense_parity_fp32(name, sense_dictionary, tmp_path):
     assert _min_cos(plain.encode(texts[:6]).vectors, served.encode(texts[:6]).vectors) < 0.9999
 
 
+@pytest.mark.parametrize("name", ["multisense", "multisense_student"])
+def test_multisense_int8_export_keeps_the_dictionary(name, sense_dictionary, tmp_path):
+    """``--int8`` quantises the encoder but not the fp16 dictionary (ORT would write an invalid
+    graph for it; a lookup table is not a weight to approximate)."""
+    import onnx
+
+    torch_s = _strategy(name, dictionary=str(sense_dictionary))
+    manifest = export_strategy(torch_s, tmp_path, quantize_int8=True)
+    assert manifest["int8"] and manifest["parity"]["int8_min_cosine"] > 0.5
+    graph = onnx.load(str(tmp_path / "model_int8.onnx")).graph
+    fp16 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+    assert [i.name for i in fp16] == ["inner.centroids"]
+    served = OnnxStrategy(torch_s, tmp_path, int8=True)
+    assert served.encode(["A plane is taking off."]).vectors.shape == (1, 384)
+
+
 @pytest.mark.parametrize("name", ["mltp", "m2", "eos_linear"])
 def test_pooling_heads_shipped_artifacts_parity_fp32(name, tmp_path):
     """The trained SmolLM2 pooling heads (``embedsvc/artifacts/*-smollm2``) in one graph."""
