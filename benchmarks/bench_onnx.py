@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -84,6 +85,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1)
     ap.add_argument("--sts", action="store_true", help="also STS-B dev Spearman per runtime")
+    ap.add_argument(
+        "--sts-pairs", type=int, default=0, help="STS on the first N dev pairs only (0 = all)"
+    )
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args()
 
@@ -121,9 +125,15 @@ def main() -> None:
             if args.sts and kind == "long":
                 from embedsvc.eval.sts import evaluate_sts
 
+                sts_file = DATA / "stsb/sts-dev.csv"
                 sts = {"strategy": name, "input": "sts-b dev spearman"}
+                if args.sts_pairs:
+                    lines = sts_file.read_text(encoding="utf-8").splitlines()[: args.sts_pairs]
+                    sts_file = Path(tempfile.mkdtemp()) / f"sts-dev-first{args.sts_pairs}.csv"
+                    sts_file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+                    sts["input"] = f"sts-b dev spearman, first {args.sts_pairs} pairs"
                 for label, strat in {"torch": base, **runtimes}.items():
-                    res = evaluate_sts(strat, DATA / "stsb/sts-dev.csv", use_cache=False)
+                    res = evaluate_sts(strat, sts_file, use_cache=False)
                     sts[label] = res["spearman"]
                 rows.append(sts)
                 print(

@@ -19,6 +19,8 @@ from embedsvc.export.spec import OnnxSpec
 from embedsvc.strategies.base import Role
 
 ENCODER_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+#: Llama-style MLP down projections stay fp32 in int8 exports (``OnnxSpec.int8_keep_float``)
+DECODER_INT8_KEEP_FLOAT = ("mlp/down_proj/",)
 
 
 class MeanPoolModule(nn.Module):
@@ -231,6 +233,7 @@ def prompt_last_spec(strategy: Any) -> OnnxSpec:
         source_fingerprint=backbone.fingerprint,
         batch_size=strategy.config.batch_size,
         notes=notes,
+        int8_keep_float=DECODER_INT8_KEEP_FLOAT,
     )
 
 
@@ -270,4 +273,5 @@ def pooling_head_spec(strategy: Any, *, last_only: bool) -> OnnxSpec:
             "tokenisation, truncation and the appended EOS run in Python (featurize)",
             f"pooling head (artifact {strategy.config.artifact!r}) is in the graph",
         ],
+        int8_keep_float=DECODER_INT8_KEEP_FLOAT,
     )

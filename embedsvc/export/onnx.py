@@ -30,6 +30,10 @@ DEFAULT_OPSET = 17
 MANIFEST = "manifest.json"
 MODEL_FP32 = "model.onnx"
 MODEL_INT8 = "model_int8.onnx"
+#: version of what an export folder holds (graph + int8 recipe): part of the on-first-use cache
+#: key, so a change here re-exports instead of serving a stale model. 2: decoders keep their MLP
+#: down projections in float in the int8 model.
+EXPORT_FORMAT = 2
 OUTPUTS = ("embedding", "embedding_normalized")
 #: traced with a *padded* batch, so mask handling is the general path (never the all-ones one)
 _TRACE_TEXTS = [
@@ -141,26 +145,29 @@ def _export_graph(spec: OnnxSpec, path: Path, opset: int, output_kind: str) -> N
         spec.module.eval()
 
 
-def quantize_model_int8(src: Path, dst: Path) -> None:
+def quantize_model_int8(src: Path, dst: Path, keep_float: tuple[str, ...] = ()) -> None:
     """Dynamic int8 weights (activations quantised at run time): 1.5-1.8x on AVX2 CPUs.
 
     It drifts (min cosine ~0.91 vs fp32 on MiniLM passages), so it is gated by STS Spearman in
-    the tests, not by cosine.
+    the tests, not by cosine. MatMuls whose node name contains one of ``keep_float``
+    (``OnnxSpec.int8_keep_float``) stay float.
     """
+    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=_fp16_consumers(src)
-    )
+    graph = onnx.load(str(src), load_external_data=False).graph
+    exclude = _fp16_consumers(graph) + [
+        n.name for n in graph.node if n.op_type == "MatMul" and any(f in n.name for f in keep_float)
+    ]
+    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
 
 
-def _fp16_consumers(path: Path) -> list[str]:
+def _fp16_consumers(graph: Any) -> list[str]:
     """Nodes reading a float16 initializer (e.g. the multi-sense dictionary's ``centroids``):
     ORT cannot quantise them (it writes an invalid graph), and a lookup table is data, not a
     weight to approximate, so they stay as they are."""
     import onnx
 
-    graph = onnx.load(str(path)).graph
     fp16 = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16}
     return [n.name for n in graph.node if fp16.intersection(n.input)] if fp16 else []
 
@@ -210,7 +217,7 @@ def export_strategy(
     parity_int8 = None
     if quantize_int8:
         tmp8 = out / (MODEL_INT8 + ".tmp")
-        quantize_model_int8(model_path, tmp8)
+        quantize_model_int8(model_path, tmp8, spec.int8_keep_float)
         tmp8.replace(out / MODEL_INT8)  # readers never see a half-written model
         files.append(MODEL_INT8)
         parity_int8 = check_parity(spec, out / MODEL_INT8)
@@ -235,7 +242,7 @@ def build_manifest(
     import transformers
 
     return {
-        "format": 1,
+        "format": EXPORT_FORMAT,
         "strategy": {
             "name": strategy.name,
             "config": strategy.config.model_dump(mode="json"),

@@ -19,7 +19,13 @@ from typing import Any
 import numpy as np
 
 from embedsvc.errors import InvalidArgument
-from embedsvc.export.onnx import MODEL_FP32, MODEL_INT8, export_strategy, read_manifest
+from embedsvc.export.onnx import (
+    EXPORT_FORMAT,
+    MODEL_FP32,
+    MODEL_INT8,
+    export_strategy,
+    read_manifest,
+)
 from embedsvc.export.spec import OnnxSpec
 from embedsvc.strategies._limits import apply_token_limit, check_texts
 from embedsvc.strategies.base import Embedding, Role, Strategy
@@ -190,8 +196,9 @@ class OnnxStrategy(Strategy):
 
 
 def export_dir(cache_dir: Path, strategy: Strategy, int8: bool) -> Path:
-    """Where the on-first-use export of ``strategy`` lives (keyed by its fingerprint)."""
-    return Path(cache_dir) / "onnx" / f"{strategy.name}-{strategy.fingerprint}"
+    """Where the on-first-use export of ``strategy`` lives (keyed by its fingerprint and the
+    export format)."""
+    return Path(cache_dir) / "onnx" / f"{strategy.name}-{strategy.fingerprint}-f{EXPORT_FORMAT}"
 
 
 def onnx_strategy(

@@ -50,3 +50,8 @@ class OnnxSpec:
     #: return payloads: maps one batch's outputs to ``(vectors, payloads)``; None = the float
     #: ``embedding`` / ``embedding_normalized`` output as it is
     finalize: Finalizer | None = None
+    #: node-name fragments of MatMuls that stay float32 in the int8 model. Decoders set their
+    #: MLP down projections: their inputs carry the large activation outliers of LLMs, and one
+    #: int8 scale per tensor for them wrecks the embedding (TP on SmolLM2: min cosine to fp32
+    #: 0.75 with them quantised, 0.98 without; see docs/results/issue7.md)
+    int8_keep_float: tuple[str, ...] = ()

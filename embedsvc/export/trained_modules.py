@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embedsvc.export.modules import DECODER_INT8_KEEP_FLOAT
 from embedsvc.export.spec import OnnxSpec
 from embedsvc.strategies.base import Role
 
@@ -397,4 +398,5 @@ def text2token_spec(strategy: Any) -> OnnxSpec:
             "LoRA adapters merged into the decoder weights (in order); final norm and masked "
             "mean pooling in the graph",
         ],
+        int8_keep_float=DECODER_INT8_KEEP_FLOAT,
     )
