@@ -73,6 +73,8 @@ class PretrainConfig(BaseModel):
     schedule_steps: int | None = None
     batch_size: int = 16
     lr: float = 5e-4
+    #: LR multiplier for the created LM head (transform + output bias); 1.0 = one LR for all
+    head_lr_mult: float = Field(1.0, gt=0.0)
     weight_decay: float = 0.01
     warmup_frac: float = 0.1
     encoder_mask: float = 0.3
@@ -88,6 +90,9 @@ class PretrainConfig(BaseModel):
     top_k: int = 64
     cls_weight: float = 0.5
     save_every: int = 50
+    #: also measure the OT recovery on the held-out passages every N steps (0 = only before and
+    #: after); logged in the history, uses no randomness, so the run itself is unchanged
+    recovery_every: int = 0
     threads: int = 2
     out: str = "runs/dupmae-pretrain"
     ship: str | None = None
@@ -327,9 +332,14 @@ def run_pretrain(cfg: PretrainConfig, resume: bool) -> dict[str, Any]:
     heads = DupMAEHeads(bert.embeddings.word_embeddings, cfg.cls_dim, seed=cfg.seed)
     c = backbone.model.config
     decoder = EnhancedDecoder(c.hidden_size, c.num_attention_heads, c.intermediate_size)
-    params = [p for p in peft_model.parameters() if p.requires_grad]
-    params += list(heads.lm_head.parameters()) + list(decoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    body = [p for p in peft_model.parameters() if p.requires_grad] + list(decoder.parameters())
+    head_params = list(heads.lm_head.parameters())
+    params = body + head_params
+    opt = torch.optim.AdamW(
+        [{"params": body, "mult": 1.0}, {"params": head_params, "mult": cfg.head_lr_mult}],
+        lr=cfg.lr,
+        weight_decay=cfg.weight_decay,
+    )
     rng = np.random.default_rng(cfg.seed)
     order = np.random.default_rng(cfg.seed).permutation(len(train_ids))
     step, history, metrics = 0, [], {}
@@ -373,7 +383,8 @@ def run_pretrain(cfg: PretrainConfig, resume: bool) -> dict[str, Any]:
         idx = [order[(start + j) % len(order)] for j in range(cfg.batch_size)]
         batch = pretrain_batch([train_ids[i] for i in idx], tok, is_cont, cfg, rng)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, cfg.schedule_steps or cfg.steps, cfg.warmup_frac, cfg.lr)
+            peak = cfg.lr * g.get("mult", 1.0)
+            g["lr"] = lr_at(step, cfg.schedule_steps or cfg.steps, cfg.warmup_frac, peak)
         loss, parts = pretrain_loss(bert, heads, decoder, batch, cfg, tok)
         opt.zero_grad()
         loss.backward()
@@ -381,6 +392,11 @@ def run_pretrain(cfg: PretrainConfig, resume: bool) -> dict[str, Any]:
         opt.step()
         step += 1
         history.append({"step": step, "loss": loss.item(), **parts})
+        if cfg.recovery_every and step % cfg.recovery_every == 0 and step < cfg.steps:
+            peft_model.eval()
+            history[-1]["ot_recovery"] = ot_recovery(bert, heads, tok, held_ids)
+            peft_model.train()
+            tqdm.write(f"step {step}: OT recovery {history[-1]['ot_recovery']:.1f}%")
         bar.set_postfix(loss=f"{loss.item():.2f}", **{k: f"{v:.2f}" for k, v in parts.items()})
         bar.update(1)
         if step % cfg.save_every == 0 or step == cfg.steps:
