@@ -32,7 +32,7 @@ import train_pooling_head as trainer  # noqa: E402
 
 from embedsvc.backbones import load_backbone  # noqa: E402
 from embedsvc.config import default_cache_dir  # noqa: E402
-from embedsvc.eval.retrieval import score_run  # noqa: E402
+from embedsvc.eval.retrieval import score_matrix  # noqa: E402
 from embedsvc.strategies import Role, create_strategy  # noqa: E402
 
 
@@ -40,13 +40,7 @@ def retrieval(sf: dict, q: np.ndarray, d: np.ndarray) -> dict[str, float]:
     """nDCG@10 / Recall@100 (x100) of cosine ranking over the subset."""
     q = q / np.linalg.norm(q, axis=1, keepdims=True)
     d = d / np.linalg.norm(d, axis=1, keepdims=True)
-    scores = q @ d.T
-    top = np.argsort(-scores, axis=1)[:, :100]
-    run = {
-        qid: {sf["doc_ids"][j]: float(scores[i, j]) for j in top[i]}
-        for i, qid in enumerate(sf["qids"])
-    }
-    return score_run(sf["qrels"], run)
+    return score_matrix(sf["qrels"], sf["qids"], sf["doc_ids"], q @ d.T)
 
 
 def main() -> None:

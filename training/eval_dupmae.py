@@ -54,15 +54,9 @@ def scifact_subset(n_docs: int, doc_tokens: int, tokenizer: Any) -> dict[str, An
 
 
 def retrieval_scores(sf: dict[str, Any], q: np.ndarray, d: np.ndarray) -> dict[str, float]:
-    from embedsvc.eval.retrieval import score_run
+    from embedsvc.eval.retrieval import score_matrix
 
-    scores = q @ d.T
-    top = np.argsort(-scores, axis=1)[:, :100]
-    run = {
-        qid: {sf["doc_ids"][j]: float(scores[i, j]) for j in top[i]}
-        for i, qid in enumerate(sf["qids"])
-    }
-    return score_run(sf["qrels"], run)
+    return score_matrix(sf["qrels"], sf["qids"], sf["doc_ids"], q @ d.T)
 
 
 def sts_scores(a: np.ndarray, b: np.ndarray, gold: np.ndarray) -> float:

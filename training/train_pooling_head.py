@@ -181,7 +181,7 @@ def evaluate(head: Any, evalsets: dict[str, Any], kind: str) -> dict[str, float]
     import torch
     from scipy.stats import spearmanr
 
-    from embedsvc.eval.retrieval import score_run
+    from embedsvc.eval.retrieval import score_matrix
     from embedsvc.eval.sts import cosine_pairs
 
     def embed(states: np.ndarray) -> np.ndarray:
@@ -202,13 +202,8 @@ def evaluate(head: Any, evalsets: dict[str, Any], kind: str) -> dict[str, float]
         sf = evalsets["scifact"]
         d = embed(sf["doc_states"])
         q = embed(sf["query_states"])
-        scores = q @ d.T
-        top = np.argsort(-scores, axis=1)[:, :100]
-        run = {
-            qid: {sf["doc_ids"][j]: float(scores[i, j]) for j in top[i]}
-            for i, qid in enumerate(sf["qids"])
-        }
-        res.update({f"scifact_{k}": v for k, v in score_run(sf["qrels"], run).items()})
+        scored = score_matrix(sf["qrels"], sf["qids"], sf["doc_ids"], q @ d.T)
+        res.update({f"scifact_{k}": v for k, v in scored.items()})
     return res
 
 

@@ -70,6 +70,20 @@ def score_run(
     return {m: float(v) * 100.0 for m, v in scores.items()}
 
 
+def score_matrix(
+    qrels: dict[str, dict[str, int]],
+    qids: Sequence[str],
+    doc_ids: Sequence[str],
+    scores: np.ndarray,
+    depth: int = 100,
+) -> dict[str, float]:
+    """:func:`score_run` of a dense ``[len(qids), len(doc_ids)]`` score matrix, each query's top
+    ``depth`` documents ranked (for evaluations that score a small corpus exhaustively)."""
+    top = np.argsort(-scores, axis=1)[:, :depth]
+    run = {qid: {doc_ids[j]: float(scores[i, j]) for j in top[i]} for i, qid in enumerate(qids)}
+    return score_run(qrels, run)
+
+
 def evaluate_retrieval(
     strategy: Strategy,
     corpus: str | Path,

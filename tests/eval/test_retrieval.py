@@ -102,3 +102,15 @@ def test_judged_query_missing_from_queries_file(tmp_path: Path) -> None:
     write_beir(tmp_path, {"q1": "1 0 0 0"}, QRELS)
     with pytest.raises(InvalidArgument, match="not in"):
         run_eval(tmp_path)
+
+
+def test_score_matrix_ranks_each_query_over_the_whole_matrix():
+    import numpy as np
+
+    from embedsvc.eval.retrieval import score_matrix
+
+    qrels = {"q1": {"a": 1}, "q2": {"c": 1}}
+    scores = np.array([[0.9, 0.1, 0.5], [0.2, 0.3, 0.1]])
+    result = score_matrix(qrels, ["q1", "q2"], ["a", "b", "c"], scores, depth=2)
+    # q1 finds "a" first; q2's relevant "c" scores lowest and falls outside depth 2
+    assert result["ndcg@10"] == 50.0 and result["recall@100"] == 50.0
