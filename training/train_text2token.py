@@ -339,6 +339,21 @@ def run(cfg: T2TConfig, resume: bool) -> dict[str, Any]:
     return metrics
 
 
+def half_precision(path: Path) -> None:
+    """Store an adapter's float32 tensors as float16: halves the committed artifact (PEFT casts
+    them back to the model's dtype when it loads them; cosine to the fp32 adapter's embeddings
+    is checked by ``tests/strategies/test_text2token.py``)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(path)
+    save_file(
+        {k: v.half() if v.dtype == torch.float32 else v for k, v in tensors.items()},
+        path,
+        metadata={"format": "pt"},
+    )
+
+
 def ship(cfg: T2TConfig, backbone: Any, out: Path, merge: list[Path], metrics: dict) -> None:
     """Artifact: ``adapters/0..n`` (merged in order at load), head for MiniLM, configs."""
     import shutil
@@ -350,6 +365,7 @@ def ship(cfg: T2TConfig, backbone: Any, out: Path, merge: list[Path], metrics: d
     chain = [*merge, out / "adapter-final"]
     for i, src in enumerate(chain):
         shutil.copytree(src, folder / "adapters" / str(i))
+        half_precision(folder / "adapters" / str(i) / "adapter_model.safetensors")
     last_head = out / "adapter-final" / "head.safetensors"
     if last_head.is_file():
         shutil.copy(last_head, folder / "head.safetensors")

@@ -101,11 +101,19 @@ def retrieval_command(
     corpus: Annotated[Path, typer.Option("--corpus", help="BEIR corpus.jsonl[.gz]")],
     queries: Annotated[Path, typer.Option("--queries", help="BEIR queries.jsonl")],
     qrels: Annotated[Path, typer.Option("--qrels", help="BEIR qrels TSV")],
+    max_docs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-docs",
+            min=1,
+            help="score a subset: every judged document + seeded random distractors up to N",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
 ) -> None:
-    """nDCG@10 and Recall@100 (x100) of exact search over the corpus."""
+    """nDCG@10 and Recall@100 (x100) of exact search over the corpus (or a --max-docs subset)."""
     from embedsvc.eval.retrieval import evaluate_retrieval
 
     _run(
@@ -114,6 +122,7 @@ def retrieval_command(
             corpus,
             queries,
             qrels,
+            max_docs=max_docs,
             cache_dir=cache_dir,
             use_cache=not no_cache,
         ),

@@ -9,6 +9,7 @@ nothing is excluded. Metrics are reported x100 ("points").
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -84,16 +85,34 @@ def score_matrix(
     return score_run(qrels, run)
 
 
+def judged_subset(
+    doc_ids: Sequence[str], qrels: dict[str, dict[str, int]], max_docs: int, seed: int = 0
+) -> list[str]:
+    """Every document a query is judged against, then seeded random distractors up to
+    ``max_docs`` (all judged ones are kept even past it), in corpus order.
+
+    For strategies too slow to encode a whole corpus on a CPU: the subset is easier than the
+    full corpus (fewer distractors), so compare rows scored on the same subset only.
+    """
+    judged = {d for q in qrels.values() for d in q}
+    others = [d for d in doc_ids if d not in judged]
+    random.Random(seed).shuffle(others)
+    keep = judged | set(others[: max(0, max_docs - len(judged))])
+    return [d for d in doc_ids if d in keep]
+
+
 def evaluate_retrieval(
     strategy: Strategy,
     corpus: str | Path,
     queries: str | Path,
     qrels: str | Path,
     k_values: Sequence[int] = (10, 100),
+    max_docs: int | None = None,
     **cache: Any,
 ) -> dict[str, Any]:
     """nDCG@k and Recall@k (x100) of exact search with ``strategy`` on a BEIR dataset.
 
+    ``max_docs`` scores a :func:`judged_subset` of the corpus instead of all of it.
     ``cache`` is passed to :func:`embedsvc.eval.cache.cached_encode` (``cache_dir``,
     ``use_cache``); the corpus embeddings are what makes a second run fast.
     """
@@ -108,6 +127,8 @@ def evaluate_retrieval(
         )
     qids = list(judged)
     doc_ids = list(docs)
+    if max_docs is not None:
+        doc_ids = judged_subset(doc_ids, judged, max_docs)
     doc_vecs = cached_encode(
         strategy, [docs[d].passage() for d in doc_ids], Role.PASSAGE, desc="corpus", **cache
     )
@@ -125,6 +146,8 @@ def evaluate_retrieval(
         "queries": str(queries),
         "qrels": str(qrels),
     }
+    if max_docs is not None:
+        result["subset"] = f"judged documents + seeded (0) distractors up to {max_docs}"
     result.update(score_run(judged, run, k_values))
     result.update(n_queries=len(qids), n_docs=len(doc_ids), seconds=time.perf_counter() - start)
     return result

@@ -157,12 +157,7 @@ class OnnxStrategy(Strategy):
         texts = check_texts(texts)
         dim = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            if self.output_kind == "binary":
-                none = np.zeros((0, dim // 8), np.uint8)
-            else:
-                none = np.zeros((0, dim), np.float32)
-            return Embedding(self.output_kind, none, dim, empty, empty.copy())
+            return Embedding.empty(self.output_kind, dim)
         counts = self.count_tokens(texts, role)
         seen, truncated = apply_token_limit(counts, self.max_tokens, truncate)
         spec = self.spec

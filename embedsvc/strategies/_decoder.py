@@ -439,8 +439,7 @@ class PromptLastStrategy(Strategy):
         texts = check_texts(texts)
         dim = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Embedding("dense", np.zeros((0, dim), np.float32), dim, empty, empty.copy())
+            return Embedding.empty("dense", dim)
         limit = self.max_tokens
         fitted = [self._fit(t, limit) for t in texts]
         seen, truncated = apply_token_limit([f for _, f in fitted], limit, truncate)

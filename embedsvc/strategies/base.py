@@ -54,6 +54,16 @@ class Embedding:
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
 
+    @staticmethod
+    def empty(kind: OutputKind, dim: int) -> Embedding:
+        """The embedding of no texts (``[0, dim]`` floats or ``[0, dim // 8]`` packed bits)."""
+        if kind == "binary":
+            vectors = np.zeros((0, dim // 8), np.uint8)
+        else:
+            vectors = np.zeros((0, dim), np.float32)
+        none = np.zeros(0, dtype=np.int64)
+        return Embedding(kind, vectors, dim, none, none.copy())
+
     def slice(self, start: int, stop: int) -> Embedding:
         return Embedding(
             self.kind,

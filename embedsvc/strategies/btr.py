@@ -42,6 +42,7 @@ from pydantic import Field
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
+from embedsvc.strategies._batches import length_sorted_batches
 from embedsvc.strategies._btr_codes import pack_bits, unpack_bits
 from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
@@ -196,20 +197,10 @@ class BinaryTokenRepresentations(Strategy):
         """Yield ``(indices, tokenizer output)`` longest first; also returns the limit stats."""
         counts = self.count_tokens(texts)
         seen, truncated = apply_token_limit(counts, self.max_tokens, truncate)
-        order = np.argsort(-np.asarray(counts), kind="stable")
-        bs = self.config.batch_size
-        batches = []
-        for start in range(0, len(texts), bs):
-            idx = order[start : start + bs]
-            enc = self.backbone.tokenizer(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=self.max_tokens,
-                return_tensors="pt",
-            )
-            batches.append((idx, enc))
-        return batches, seen, truncated
+        batches = length_sorted_batches(
+            self.backbone.tokenizer, texts, counts, self.config.batch_size, self.max_tokens
+        )
+        return list(batches), seen, truncated
 
     def encode(
         self,
@@ -223,8 +214,7 @@ class BinaryTokenRepresentations(Strategy):
         texts = check_texts(texts)
         bits = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Embedding("binary", np.zeros((0, bits // 8), np.uint8), bits, empty, empty)
+            return Embedding.empty("binary", bits)
         codes, payloads, _, seen, truncated = self.index_passages(
             texts, truncate=truncate, payloads=role == Role.PASSAGE
         )

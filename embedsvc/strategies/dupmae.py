@@ -49,6 +49,7 @@ from pydantic import Field, create_model
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
+from embedsvc.strategies._batches import length_sorted_batches
 from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
@@ -227,24 +228,15 @@ class DupMAE(Strategy):
         tok = self.backbone.tokenizer
         limit = self.max_tokens
         counts = self.count_tokens(texts)
-        order = np.argsort(-np.asarray(counts), kind="stable")
         hc = m.head_config
         out = {
             "cls": np.empty((len(texts), int(hc["cls_dim"])), np.float32),
             "ot": np.empty((len(texts), int(hc["ot_dim"])), np.float32),
         }
         out["both"] = np.empty((len(texts), out["cls"].shape[1] + out["ot"].shape[1]), np.float32)
-        bs = self.config.batch_size
+        batches = length_sorted_batches(tok, texts, counts, self.config.batch_size, limit)
         with torch.inference_mode():
-            for start in range(0, len(texts), bs):
-                idx = order[start : start + bs]
-                enc = tok(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=limit,
-                    return_tensors="pt",
-                )
+            for idx, enc in batches:
                 h = m.encoder(
                     input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
                 ).last_hidden_state
@@ -272,8 +264,7 @@ class DupMAE(Strategy):
         texts = check_texts(texts)
         dim = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Embedding("dense", np.zeros((0, dim), np.float32), dim, empty, empty.copy())
+            return Embedding.empty("dense", dim)
         if self.max_tokens > self.backbone.model.config.max_position_embeddings:
             raise InvalidArgument("max_length exceeds the backbone's positions", field="max_length")
         seen, truncated = apply_token_limit(self.count_tokens(texts), self.max_tokens, truncate)

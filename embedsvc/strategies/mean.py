@@ -17,6 +17,7 @@ from pydantic import Field
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import InvalidArgument
+from embedsvc.strategies._batches import length_sorted_batches
 from embedsvc.strategies._limits import apply_token_limit, check_texts
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
@@ -109,27 +110,18 @@ class MeanPooling(Strategy):
         texts = check_texts(texts)
         dim = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Embedding("dense", np.zeros((0, dim), np.float32), dim, empty, empty.copy())
+            return Embedding.empty("dense", dim)
         limit = self.max_tokens
         counts = self.count_tokens(texts)
         seen, truncated = apply_token_limit(counts, limit, truncate)
 
         backbone = self.backbone
-        # Longest first, like sentence-transformers: batches pad to similar lengths.
-        order = np.argsort(-np.asarray(counts), kind="stable")
         out = np.empty((len(texts), dim), dtype=np.float32)
-        bs = self.config.batch_size
+        batches = length_sorted_batches(
+            backbone.tokenizer, texts, counts, self.config.batch_size, limit
+        )
         with torch.inference_mode():
-            for start in range(0, len(texts), bs):
-                idx = order[start : start + bs]
-                enc = backbone.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=limit,
-                    return_tensors="pt",
-                )
+            for idx, enc in batches:
                 inputs = {
                     k: v
                     for k, v in enc.items()

@@ -261,8 +261,7 @@ class _PoolingHeadStrategy(Strategy):
         texts = check_texts(texts)
         dim = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Embedding("dense", np.zeros((0, dim), np.float32), dim, empty, empty.copy())
+            return Embedding.empty("dense", dim)
         limit = self.max_tokens
         seqs, counts = layer_inputs(self.backbone.tokenizer, texts, limit)
         seen, truncated = apply_token_limit(counts, limit, truncate)

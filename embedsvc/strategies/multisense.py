@@ -37,6 +37,7 @@ from pydantic import Field
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition
+from embedsvc.strategies._batches import length_sorted_batches
 from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
@@ -227,22 +228,10 @@ class MultiSense(Strategy):
         longest first, tokenised lazily."""
         counts = self.count_tokens(texts)
         seen, truncated = apply_token_limit(counts, self.max_tokens, truncate)
-        order = np.argsort(-np.asarray(counts), kind="stable")
-        bs = self.config.batch_size
-
-        def batches():
-            for start in range(0, len(texts), bs):
-                idx = order[start : start + bs]
-                enc = self.backbone.tokenizer(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_tokens,
-                    return_tensors="pt",
-                )
-                yield idx, enc
-
-        return batches(), seen, truncated
+        batches = length_sorted_batches(
+            self.backbone.tokenizer, texts, counts, self.config.batch_size, self.max_tokens
+        )
+        return batches, seen, truncated
 
     def encode(
         self,
@@ -259,8 +248,7 @@ class MultiSense(Strategy):
         texts = check_texts(texts)
         dim = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Embedding("dense", np.zeros((0, dim), np.float32), dim, empty, empty.copy())
+            return Embedding.empty("dense", dim)
         out = np.empty((len(texts), dim), dtype=np.float32)
         batches, seen, truncated = self._run(texts, truncate)
         with torch.inference_mode():

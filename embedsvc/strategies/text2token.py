@@ -36,6 +36,7 @@ from pydantic import Field, create_model
 
 from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition
+from embedsvc.strategies._batches import length_sorted_batches
 from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
@@ -167,24 +168,14 @@ class Text2Token(Strategy):
         texts = check_texts(texts)
         dim = self.dim
         if not texts:
-            empty = np.zeros(0, dtype=np.int64)
-            return Embedding("dense", np.zeros((0, dim), np.float32), dim, empty, empty.copy())
+            return Embedding.empty("dense", dim)
         counts = self.count_tokens(texts)
         seen, truncated = apply_token_limit(counts, self.max_tokens, truncate)
         model, tok = self.model, self.backbone.tokenizer
-        order = np.argsort(-np.asarray(counts), kind="stable")
         out = np.empty((len(texts), dim), dtype=np.float32)
-        bs = self.config.batch_size
+        batches = length_sorted_batches(tok, texts, counts, self.config.batch_size, self.max_tokens)
         with torch.inference_mode():
-            for start in range(0, len(texts), bs):
-                idx = order[start : start + bs]
-                enc = tok(
-                    [texts[i] for i in idx],
-                    padding=True,
-                    truncation=True,
-                    max_length=self.max_tokens,
-                    return_tensors="pt",
-                )
+            for idx, enc in batches:
                 vec = pooled(model, enc["input_ids"], enc["attention_mask"])
                 if normalize:
                     vec = torch.nn.functional.normalize(vec, dim=-1)

@@ -114,3 +114,30 @@ def test_score_matrix_ranks_each_query_over_the_whole_matrix():
     result = score_matrix(qrels, ["q1", "q2"], ["a", "b", "c"], scores, depth=2)
     # q1 finds "a" first; q2's relevant "c" scores lowest and falls outside depth 2
     assert result["ndcg@10"] == 50.0 and result["recall@100"] == 50.0
+
+
+def test_judged_subset_keeps_every_judged_doc_and_is_seeded():
+    from embedsvc.eval.retrieval import judged_subset
+
+    ids = [f"d{i}" for i in range(100)]
+    qrels = {"q1": {"d7": 1}, "q2": {"d42": 1, "d99": 1}}
+    subset = judged_subset(ids, qrels, 10)
+    assert len(subset) == 10 and {"d7", "d42", "d99"} <= set(subset)
+    assert subset == sorted(subset, key=ids.index)  # corpus order
+    assert subset == judged_subset(ids, qrels, 10)  # same seed, same distractors
+    assert judged_subset(ids, qrels, 2) == ["d7", "d42", "d99"]  # judged kept past max_docs
+
+
+def test_max_docs_scores_the_subset(tmp_path: Path) -> None:
+    write_beir(tmp_path, {"q1": "0.9 0 0 0.5", "q2": "0 1 0.2 0"}, QRELS)
+    result = evaluate_retrieval(
+        VectorText(),
+        tmp_path / "corpus.jsonl",
+        tmp_path / "queries.jsonl",
+        tmp_path / "qrels.tsv",
+        max_docs=3,
+        cache_dir=tmp_path / "cache",
+    )
+    # d1, d2, d3 are judged; d4 (q1's runner-up distractor) is dropped
+    assert result["n_docs"] == 3 and "subset" in result
+    assert result["ndcg@10"] == 100.0
