@@ -121,6 +121,12 @@ class FinetuneConfig(BaseModel):
     threads: int = 2
     out: str = "runs/dupmae-finetune"
     ship: str | None = None
+    #: serving settings written to the shipped head_config (inference-only: training scores
+    #: the exact sparse OT vectors at the init artifact's weight). ``ship_cls_weight`` is chosen
+    #: on SciFact *train* queries by ``training/eval_dupmae.py --tune-weight``; ``ship_ot_dim``
+    #: hash buckets make the hashed OT channel close to the exact sparse one (docs/results).
+    ship_cls_weight: float | None = Field(None, gt=0.0, lt=1.0)
+    ship_ot_dim: int | None = Field(None, ge=8)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -607,7 +613,12 @@ def run_finetune(cfg: FinetuneConfig, resume: bool) -> dict[str, Any]:
             peft_model,
             heads,
             backbone,
-            head_config={**head_cfg, "stage": "finetuned"},
+            head_config={
+                **head_cfg,
+                "stage": "finetuned",
+                "cls_weight": cfg.ship_cls_weight or head_cfg["cls_weight"],
+                "ot_dim": cfg.ship_ot_dim or head_cfg["ot_dim"],
+            },
             manifest={
                 "stage": "finetuned",
                 "init": {

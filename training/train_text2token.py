@@ -342,7 +342,7 @@ def run(cfg: T2TConfig, resume: bool) -> dict[str, Any]:
 def half_precision(path: Path) -> None:
     """Store an adapter's float32 tensors as float16: halves the committed artifact (PEFT casts
     them back to the model's dtype when it loads them; cosine to the fp32 adapter's embeddings
-    is checked by ``tests/strategies/test_text2token.py``)."""
+    is checked by ``tests/training/test_text2token_trainer.py``)."""
     import torch
     from safetensors.torch import load_file, save_file
 

@@ -124,7 +124,6 @@ def dupmae_spec(strategy: Any) -> OnnxSpec:
 
     m = strategy.model
     tok = strategy.backbone.tokenizer
-    hc = m.head_config
     module = DupMAEModule(
         m.encoder,
         m.heads,
@@ -132,7 +131,7 @@ def dupmae_spec(strategy: Any) -> OnnxSpec:
         m.sign,
         channels=strategy.config.channels,
         top_k=strategy.top_k,
-        ot_dim=int(hc["ot_dim"]),
+        ot_dim=m.ot_dim,
         cls_weight=strategy.cls_weight,
         specials=(tok.cls_token_id, tok.sep_token_id),
     ).eval()

@@ -79,6 +79,9 @@ class DupMAEConfig(StrategyConfig):
     channels: Literal["both", "cls", "ot"] = "both"
     #: override the artifact's top-k of the OT channel / CLS weight of the concatenation
     top_k: int | None = Field(None, ge=1)
+    #: override the artifact's number of hash buckets for the OT channel: an inference-only
+    #: choice (training scores the exact sparse vectors), more buckets = fewer collisions
+    ot_dim: int | None = Field(None, ge=8, le=30522)
     cls_weight: float | None = Field(None, gt=0.0, lt=1.0)
     batch_size: int = Field(32, ge=1)
     #: token limit; None = the backbone's served limit (256 for MiniLM)
@@ -88,7 +91,7 @@ class DupMAEConfig(StrategyConfig):
 class _Loaded:
     """The strategy's private model: merged LoRA encoder copy + heads + hash tables."""
 
-    def __init__(self, backbone: Backbone, folder: Path) -> None:
+    def __init__(self, backbone: Backbone, folder: Path, ot_dim: int | None = None) -> None:
         import torch
         from safetensors.torch import load_file
 
@@ -114,8 +117,9 @@ class _Loaded:
         self.heads.load_state_dict(load_file(folder / "heads.safetensors"))
         self.heads.eval()
         vocab = self.encoder.embeddings.word_embeddings.num_embeddings
+        self.ot_dim = int(ot_dim or self.head_config["ot_dim"])
         self.bucket, self.sign = hash_buckets(
-            vocab, int(self.head_config["ot_dim"]), int(self.head_config["hash_seed"])
+            vocab, self.ot_dim, int(self.head_config["hash_seed"])
         )
         h = hashlib.sha256((folder / "heads.safetensors").read_bytes())
         for p in sorted((folder / "adapter").glob("*")):
@@ -165,7 +169,9 @@ class DupMAE(Strategy):
             backbone = self.backbone
             with self._lock:
                 if self._model is None:
-                    self._model = _Loaded(backbone, artifact_dir(self.config.artifact))
+                    self._model = _Loaded(
+                        backbone, artifact_dir(self.config.artifact), self.config.ot_dim
+                    )
         return self._model
 
     # -- contract -----------------------------------------------------------------------------
@@ -176,8 +182,12 @@ class DupMAE(Strategy):
         if self.config.channels == "cls":
             return int(hc["cls_dim"])
         if self.config.channels == "ot":
-            return int(hc["ot_dim"])
-        return int(hc["cls_dim"]) + int(hc["ot_dim"])
+            return self.ot_dim
+        return int(hc["cls_dim"]) + self.ot_dim
+
+    @property
+    def ot_dim(self) -> int:
+        return int(self.config.ot_dim or self._head_config()["ot_dim"])
 
     @property
     def max_tokens(self) -> int:
@@ -196,7 +206,7 @@ class DupMAE(Strategy):
         m = self.model
         key = (
             f"dupmae|{self.backbone.fingerprint}|{m.digest}|{self.config.channels}|"
-            f"{self.top_k}|{self.cls_weight}|{self.max_tokens}"
+            f"{self.top_k}|{self.cls_weight}|{self.ot_dim}|{self.max_tokens}"
         )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -209,10 +219,12 @@ class DupMAE(Strategy):
 
         return dupmae_spec(self)
 
-    def channel_vectors(self, texts: list[str]) -> dict[str, np.ndarray]:
+    def channel_vectors(self, texts: list[str], *, sparse: bool = False) -> dict[str, Any]:
         """``{"cls": [n, cls_dim], "ot": [n, ot_dim], "both": [n, cls+ot]}`` from one pass.
 
-        Used by the evaluation script to score the three ablations from one encoding.
+        Used by the evaluation script to score the three ablations from one encoding. With
+        ``sparse``, also ``"ot_sparse"``: the exact (un-hashed) top-k OT vectors as a unit-norm
+        ``scipy.sparse`` CSR ``[n, vocab]``, the paper's form, to measure what hashing costs.
         """
         import torch
         import torch.nn.functional as F
@@ -231,9 +243,12 @@ class DupMAE(Strategy):
         hc = m.head_config
         out = {
             "cls": np.empty((len(texts), int(hc["cls_dim"])), np.float32),
-            "ot": np.empty((len(texts), int(hc["ot_dim"])), np.float32),
+            "ot": np.empty((len(texts), m.ot_dim), np.float32),
         }
         out["both"] = np.empty((len(texts), out["cls"].shape[1] + out["ot"].shape[1]), np.float32)
+        k = min(self.top_k, m.bucket.shape[0])
+        top_vals = np.zeros((len(texts), k), np.float32)
+        top_ids = np.zeros((len(texts), k), np.int64)
         batches = length_sorted_batches(tok, texts, counts, self.config.batch_size, limit)
         with torch.inference_mode():
             for idx, enc in batches:
@@ -245,12 +260,18 @@ class DupMAE(Strategy):
                     enc["input_ids"], enc["attention_mask"], (tok.cls_token_id, tok.sep_token_id)
                 )
                 values, indices = ot_topk(h, ordinary, m.heads.lm_head, self.top_k)
-                ot = F.normalize(
-                    hash_topk(values, indices, m.bucket, m.sign, int(hc["ot_dim"])), dim=-1
-                )
+                ot = F.normalize(hash_topk(values, indices, m.bucket, m.sign, m.ot_dim), dim=-1)
                 out["cls"][idx] = cls.numpy()
                 out["ot"][idx] = ot.numpy()
                 out["both"][idx] = combine(cls, ot, self.cls_weight).numpy()
+                top_vals[idx], top_ids[idx] = values.numpy(), indices.numpy()
+        if sparse:
+            from scipy.sparse import csr_matrix
+
+            rows = np.repeat(np.arange(len(texts)), k)
+            out["ot_sparse"] = csr_matrix(
+                (top_vals.ravel(), (rows, top_ids.ravel())), shape=(len(texts), m.bucket.shape[0])
+            )
         return out
 
     def encode(

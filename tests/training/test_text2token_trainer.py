@@ -68,3 +68,22 @@ def test_stage1_then_stage2_run_and_ship(tmp_path: Path) -> None:
     e = s.encode(["a short text", "another one"])
     assert e.vectors.shape == (2, 384)
     assert np.allclose(np.linalg.norm(e.vectors, axis=1), 1.0, atol=1e-5)
+
+    # adapters ship as float16 (half the committed size) and load back to the same embeddings
+    # as the run's float32 adapters
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    shipped = load_file(tmp_path / "a2/adapters/1/adapter_model.safetensors")
+    assert shipped and all(t.dtype == torch.float16 for t in shipped.values())
+    fp32 = tmp_path / "a2-fp32"
+    shutil.copytree(tmp_path / "a2", fp32)
+    for i, run in enumerate(("s1/adapter-step-1", "s2/adapter-final")):
+        shutil.copy(
+            tmp_path / run / "adapter_model.safetensors",
+            fp32 / f"adapters/{i}/adapter_model.safetensors",
+        )
+    ref = create_strategy("text2token", artifact=str(fp32)).encode(["a short text", "another one"])
+    assert (ref.vectors * e.vectors).sum(1).min() > 0.9999
