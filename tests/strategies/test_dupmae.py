@@ -177,3 +177,30 @@ def test_shipped_strategy_encodes_unit_vectors() -> None:
         e = s.encode(["a cat sat on the mat", "proteins fold"])
         assert e.vectors.shape == (2, s.dim)
         assert np.allclose(np.linalg.norm(e.vectors, axis=1), 1.0, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_more_hash_buckets_bring_the_ot_channel_closer_to_exact_sparse_scores() -> None:
+    from embedsvc.strategies import create_strategy
+    from embedsvc.strategies.dupmae import ARTIFACTS
+
+    if not (ARTIFACTS / "dupmae/pretrained/head_config.json").is_file():
+        pytest.skip("dupmae/pretrained artifact not built")
+    texts = [
+        "a cat sat on the mat",
+        "the cat is sitting on a mat",
+        "proteins fold into three-dimensional structures",
+        "protein folding determines structure",
+        "stock markets fell sharply on monday",
+        "a man is playing a guitar on stage",
+    ]
+    errors = {}
+    for buckets in (64, 4096):
+        s = create_strategy("dupmae_pt_ot", ot_dim=buckets)
+        assert s.dim == buckets
+        v = s.channel_vectors(texts, sparse=True)
+        exact = (v["ot_sparse"] @ v["ot_sparse"].T).toarray()
+        # the exact sparse top-k vectors are unit norm, like the hashed ones
+        assert np.allclose(np.diag(exact), 1.0, atol=1e-5)
+        errors[buckets] = np.abs(v["ot"] @ v["ot"].T - exact).mean()
+    assert errors[4096] < errors[64] and errors[4096] < 0.02, errors
