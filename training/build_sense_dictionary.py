@@ -27,7 +27,6 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import argparse
-import hashlib
 import json
 import shlex
 import sys
@@ -38,6 +37,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
+
+from embedsvc.checksums import sha256_file
 
 DATA = Path("/work/shared/data/train/wiki_en")
 
@@ -66,14 +67,6 @@ class BuildConfig(BaseModel):
     out_name: str = "minilm-wiki"
     cache_dir: str | None = None
     out_dir: str | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_texts(paths: list[str], limit: int) -> list[str]:

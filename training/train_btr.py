@@ -20,7 +20,6 @@ pooled embeddings of the same passages. Every run writes ``config.json``, a resu
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import random
 import shlex
@@ -32,6 +31,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
+
+from embedsvc.checksums import sha256_file
 
 DATA = Path("/work/shared/data/train/wiki_en")
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,14 +64,6 @@ class TrainConfig(BaseModel):
     threads: int = 2
     save_every: int = 50
     out: str = "runs/btr"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_passages(path: str, limit: int) -> list[str]:

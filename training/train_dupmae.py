@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import random
 import shlex
@@ -50,6 +49,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
+
+from embedsvc.checksums import sha256_file
 
 DATA = Path("/work/shared/data")
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,14 +131,6 @@ class FinetuneConfig(BaseModel):
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_passages(files: list[str]) -> list[str]:

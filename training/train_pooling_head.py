@@ -34,6 +34,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from embedsvc.checksums import sha256_file
+
 DATA = Path("/work/shared/data")
 
 
@@ -69,14 +71,6 @@ class TrainConfig(BaseModel):
     scifact_dir: str = str(DATA / "scifact")
     scifact_docs: int = 250
     scifact_doc_tokens: int = 96
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_triplets(path: Path, limit: int, data_seed: int) -> list[tuple[str, str, str]]:

@@ -32,6 +32,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
 
+from embedsvc.checksums import sha256_file
+
 DATA = Path("/work/shared/data/train/wiki_en")
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACT = ROOT / "embedsvc" / "artifacts" / "multisense-student"
@@ -56,14 +58,6 @@ class TrainConfig(BaseModel):
     threads: int = 2
     save_every: int = 100
     out: str = "runs/sense-student"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_passages(path: str, skip: int, limit: int) -> list[str]:

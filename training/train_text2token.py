@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import json
 import random
 import shlex
@@ -40,6 +39,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, Field
 from tqdm import tqdm
+
+from embedsvc.checksums import sha256_file
 
 DATA = Path("/work/shared/data")
 
@@ -78,14 +79,6 @@ class T2TConfig(BaseModel):
     threads: int = 2
     out: str = "runs/t2t"
     ship: str | None = None
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def read_sentences(path: Path, offset: int, n: int) -> list[str]:

@@ -9,7 +9,6 @@ parity measured against torch at export time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -19,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from embedsvc.checksums import sha256_file
 from embedsvc.errors import InvalidArgument
 from embedsvc.export.spec import OnnxSpec
 from embedsvc.strategies.base import Role, Strategy
@@ -46,14 +46,6 @@ _CHECK_TEXTS = [
     "A woman is slicing an onion with a sharp knife on a wooden board in the kitchen.",
     "x",
 ]
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def source_hashes(folder: Path) -> dict[str, str]:

@@ -32,7 +32,6 @@ Hyper-parameters (:class:`DatastoreConfig`)
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -47,6 +46,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, Field
 
+from embedsvc.checksums import sha256_file
 from embedsvc.errors import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -132,14 +132,6 @@ def chat_prompt_ids(tokenizer: Any, prompt: str, system_prompt: str | None = Non
         messages.insert(0, {"role": "system", "content": system_prompt})
     text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ----------------------------------------------------------------------------------- model passes
@@ -359,7 +351,7 @@ def build_datastore(
     for path in corpora:
         got = read_corpus(Path(path), config.max_records)
         pairs += got
-        sources.append({"path": str(path), "sha256": file_sha256(Path(path)), "records": len(got)})
+        sources.append({"path": str(path), "sha256": sha256_file(Path(path)), "records": len(got)})
     if config.form == "ood" and any(r is None for _, r in pairs):
         raise InvalidArgument("form 'ood' needs responses; use form 'id' for prompt-only files")
     backbone = backbone or load_backbone(config.backbone)
