@@ -59,9 +59,8 @@ def artifact_dir(name_or_path: str) -> Path:
 
 
 class Text2TokenConfig(StrategyConfig):
-    #: artifact name under embedsvc/artifacts, a folder, or "none" (untrained backbone). The
-    #: default is the shipped stage-1 adapter: no stage-2 artifact has been trained and shipped yet
-    artifact: str = "text2token/smollm2-stage1"
+    #: artifact name under embedsvc/artifacts, a folder, or "none" (untrained backbone)
+    artifact: str = "text2token/smollm2-stage2"
     #: backbone for artifact="none" (an artifact names its own in manifest.json)
     backbone: str = "smollm2"
     batch_size: int = Field(16, ge=1)
