@@ -107,27 +107,21 @@ def sts_subset(path: Path, n: int) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def embed(model: Any, tok: Any, texts: list[str], max_length: int, bs: int) -> np.ndarray:
+    """``[n, d]`` mean-pooled states, batched longest first (as the served strategy does)."""
     import torch
 
+    from embedsvc.strategies._batches import length_sorted_batches
     from embedsvc.strategies._t2t_model import pooled
 
-    order = np.argsort([-len(t) for t in texts], kind="stable")
-    out = np.empty((len(texts), 0), np.float32)
-    parts: dict[int, np.ndarray] = {}
+    out: np.ndarray | None = None
+    lengths = [len(t) for t in texts]
     with torch.inference_mode():
-        for s in range(0, len(texts), bs):
-            idx = order[s : s + bs]
-            enc = tok(
-                [texts[i] for i in idx],
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_tensors="pt",
-            )
+        for idx, enc in length_sorted_batches(tok, texts, lengths, bs, max_length):
             vec = pooled(model, enc["input_ids"], enc["attention_mask"]).float().numpy()
-            for j, i in enumerate(idx):
-                parts[int(i)] = vec[j]
-    out = np.stack([parts[i] for i in range(len(texts))])
+            if out is None:
+                out = np.empty((len(texts), vec.shape[1]), np.float32)
+            out[idx] = vec
+    assert out is not None, "no texts to embed"
     return out
 
 
