@@ -16,20 +16,24 @@ Inputs-Outputs
       padding, [CLS], [SEP]) of the tied LM head's vocabulary logits ``z`` (SPLADE-max, as the
       maintainer points to SPLADE for the sparse side); its top-``k`` (weight, vocab id) pairs.
     * ``channels="both"``: ``[sqrt(w) cls ; sqrt(1-w) ot_dense]``, so the inner product is
-      ``w cos_cls + (1-w) cos_ot`` (``w = cls_weight``, 0.5).
+      ``w cos_cls + (1-w) cos_ot`` (``w = cls_weight``).
 
     **Departure from the paper**: the paper scores the OT part as a sparse vector over the
     30522-word vocabulary. To keep one dense FAISS inner-product index, the top-k sparse
     vector is *signed-feature-hashed* into ``ot_dim`` buckets (``_dupmae_model.hash_topk``;
     inner products are preserved in expectation, collisions add zero-mean noise). Training
-    (``training/train_dupmae.py finetune``) scores the exact sparse vectors.
+    (``training/train_dupmae.py finetune``) scores the exact sparse vectors, so ``ot_dim`` is an
+    inference-only choice: 2048 buckets keep the served channel within ~1.5 nDCG@10 of the exact
+    sparse scores, 192 lost ~40% (measured in ``docs/results/issue4.md``).
     ``normalize=False`` returns the same unit vectors (the channels are normalised by design).
 
 Hyper-parameters
-    From the artifact's ``head_config.json``: ``cls_dim`` 192, ``ot_dim`` 192, ``top_k`` 64,
-    ``cls_weight`` 0.5, ``hash_seed``. Config: ``artifact`` (``dupmae/finetuned`` or
-    ``dupmae/pretrained`` under ``embedsvc/artifacts``, or a folder), ``channels``
-    (``both|cls|ot``), ``top_k`` / ``cls_weight`` overrides, ``batch_size``, ``max_length``.
+    From the artifact's ``head_config.json``: ``cls_dim`` 192, ``top_k`` 64, ``hash_seed``;
+    the fine-tuned artifact serves ``ot_dim`` 2048 and ``cls_weight`` 0.7 (chosen on SciFact
+    *train* queries), the pre-trained one 192 and 0.5. Config: ``artifact``
+    (``dupmae/finetuned`` or ``dupmae/pretrained`` under ``embedsvc/artifacts``, or a folder),
+    ``channels`` (``both|cls|ot``), ``top_k`` / ``ot_dim`` / ``cls_weight`` overrides,
+    ``batch_size``, ``max_length``.
     Registered names: ``dupmae`` / ``dupmae_cls`` / ``dupmae_ot`` (fine-tuned) and
     ``dupmae_pt`` / ``dupmae_pt_cls`` / ``dupmae_pt_ot`` (pre-trained only).
     The encoder is MiniLM + a LoRA adapter (merged into a private copy at load time; the
