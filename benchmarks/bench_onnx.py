@@ -11,7 +11,7 @@ numbers are what ``runtime: torch | onnx | onnx-int8`` gives a server, not a bar
 
 short = STS-B dev sentences; long = Wikipedia passages (train/wiki_en). ONNX exports are built
 on first use in ``<cache_dir>/onnx`` (the cost is printed, not timed). "cos" is the min cosine
-to torch over the set.
+to torch over the set (for binary strategies: the worst text's fraction of equal code bits).
 """
 
 from __future__ import annotations
@@ -77,6 +77,13 @@ def rate(strategy, items: list[str], repeat: int) -> tuple[float, np.ndarray]:
     return len(items) / best, vecs
 
 
+def agreement(kind: str, ref: np.ndarray, vecs: np.ndarray) -> float:
+    """Min cosine to torch (dense), or the worst text's fraction of equal code bits (binary)."""
+    if kind == "binary":
+        return float(1.0 - np.unpackbits(ref ^ vecs, axis=1).mean(axis=1).max())
+    return float((ref * vecs).sum(1).min())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--strategies", nargs="+", default=["mean"])
@@ -119,7 +126,7 @@ def main() -> None:
             for label, strat in runtimes.items():
                 r, vecs = rate(strat, items, args.repeat)
                 row[label] = r
-                row[f"{label} cos"] = float((ref * vecs).sum(1).min())
+                row[f"{label} cos"] = agreement(base.output_kind, ref, vecs)
             row["export_s"] = export_s
             rows.append(row)
             if args.sts and kind == "long":
