@@ -61,10 +61,30 @@ def folder_fingerprint(folder: Path) -> str:
     folder = Path(folder)
     config = folder / "config.json"
     if config.is_file():
-        h.update(config.read_bytes())
+        h.update(_config_identity(config))
     for path in sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES):
         _hash_file_ends(h, path)
     return h.hexdigest()[:16]
+
+
+#: config.json keys that record *who wrote* the file, not what the model is: a converted
+#: checkpoint written by another transformers release must keep its fingerprint, or every
+#: trained artifact recorded against it would be refused
+_VOLATILE_CONFIG_KEYS = ("transformers_version",)
+
+
+def _config_identity(config: Path) -> bytes:
+    """config.json as canonical JSON without the volatile keys (raw bytes if not JSON)."""
+    raw = config.read_bytes()
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return raw
+    if not isinstance(data, dict):
+        return raw
+    for key in _VOLATILE_CONFIG_KEYS:
+        data.pop(key, None)
+    return json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
 
 
 def file_fingerprint(path: Path) -> str:

@@ -70,6 +70,22 @@ def test_fingerprint_tracks_weights_not_other_files(tmp_path: Path) -> None:
     assert len(first) == 16
 
 
+def test_fingerprint_ignores_the_writing_transformers_version(tmp_path: Path) -> None:
+    """A checkpoint converted under another transformers release (which stamps its version into
+    config.json) keeps its fingerprint, so the artifacts trained on it still load; a real
+    config change still changes it."""
+    (tmp_path / "model.safetensors").write_bytes(b"\0" * 1024)
+    config = {"hidden_size": 576, "transformers_version": "5.23.0"}
+    (tmp_path / "config.json").write_text(json.dumps(config, indent=2))
+    first = folder_fingerprint(tmp_path)
+    config["transformers_version"] = "5.24.0"
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert folder_fingerprint(tmp_path) == first
+    config["hidden_size"] = 960
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert folder_fingerprint(tmp_path) != first
+
+
 # --- conversion cache logic, with a fake converter (milliseconds) ----------------------------
 
 
