@@ -104,7 +104,10 @@ def serve(
             counts = _index_into_engine(engine, demo_corpus, DEMO_COLLECTION, 256)
             logging.getLogger("embedsvc").info("demo collection ready: %s", counts)
 
-    run(cfg, warm_up=warm_up)
+    try:
+        run(cfg, warm_up=warm_up)
+    except EmbedsvcError as exc:  # e.g. the data folder is owned by another process
+        _fail(exc)
 
 
 @app.command()

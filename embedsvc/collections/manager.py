@@ -4,6 +4,10 @@ Layout: ``data_dir/<name>/{meta.json, docs.sqlite, index.faiss, index.json}``. C
 the folder under a temporary name and renames it into place, and deletion renames it away before
 removing it, so a crash never leaves a half-made collection visible. Collections open lazily on
 first ``get`` and stay open until ``delete``/``close``.
+
+A data folder has one owning process: the manager holds the folder's lock (``ownership``) from
+construction to ``close``, and a second manager on the same folder is refused with
+:class:`~embedsvc.collections.ownership.DataDirOwned`, naming the owner.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from embedsvc.collections.collection import DOCS_FILE, META_FILE, Collection, CollectionMeta
+from embedsvc.collections.ownership import DataDirLock
 from embedsvc.collections.store import DocStore
 from embedsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from embedsvc.indexes import IndexConfig, available_index_kinds
@@ -39,9 +44,12 @@ def validate_name(name: Any) -> str:
 
 class CollectionManager:
     def __init__(self, data_dir: str | Path, checkpoint_interval_s: float | None = None) -> None:
-        """Open ``data_dir`` (created if missing); with an interval, snapshot in the background."""
+        """Open and own ``data_dir`` (created if missing), or raise ``DataDirOwned`` at once if
+        another process (or manager) owns it; with an interval, snapshot in the background."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        #: taken before anything is touched: the leftovers below may be a live owner's work
+        self.owner_lock = DataDirLock(self.data_dir)
         self._lock = threading.RLock()
         self._open: dict[str, Collection] = {}
         self._closed = False
@@ -185,10 +193,13 @@ class CollectionManager:
         with self._lock:
             if self._closed:
                 return
-            for collection in self._open.values():
-                collection.close()
-            self._open.clear()
-            self._closed = True
+            try:
+                for collection in self._open.values():
+                    collection.close()
+            finally:
+                self._open.clear()
+                self._closed = True
+                self.owner_lock.release()
 
     def __enter__(self) -> CollectionManager:
         return self

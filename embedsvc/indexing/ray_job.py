@@ -16,6 +16,11 @@ Order is preserved, so a repeated id ends as the last copy, as with the single-p
 indexer. With ``server`` the documents are streamed to a running server's ``Upsert`` instead
 (the API takes texts, so the server embeds; Ray parallelises reading and parsing, and the server
 skips unchanged documents itself).
+
+A data folder has one owning process (``collections.ownership``): without ``server`` the driver
+owns the folder for the job's duration, so a job on a folder a server owns is refused at once
+(use ``server``) and a server cannot start on a folder a job is writing. Only the driver opens
+the folder; the actors get texts and return vectors.
 """
 
 from __future__ import annotations
@@ -258,19 +263,22 @@ def run_ray_index(job: RayIndexConfig, service: ServiceConfig | None = None) -> 
     service = service or ServiceConfig()
     files = resolve_paths(job.paths)
     total = _count(files)
-    _ensure_ray(job.address)
     if job.server:
+        _ensure_ray(job.address)
         return _run_via_server(job, files, total)
-    import ray
-
     from embedsvc.collections.manager import CollectionManager
     from embedsvc.errors import NotFound
     from embedsvc.strategies import strategy_class
 
     kind = strategy_class(job.strategy).output_kind
     counts = {"received": 0, "inserted": 0, "updated": 0, "unchanged": 0}
+    # the driver owns the data folder for the whole job (refused at once, before Ray starts, if
+    # a server or another job owns it); workers never touch it
     manager = CollectionManager(service.data_dir)
     try:
+        _ensure_ray(job.address)
+        import ray
+
         try:
             coll = manager.get(job.collection)
             stored = stored_digests(coll.directory)

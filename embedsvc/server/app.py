@@ -78,6 +78,11 @@ class Service:
         if config.http.enabled:
             app = create_app(self.engine, self.auth, self.metrics, self.serving, self.tracing)
             self.http = HttpServer(app, config.host, config.http.port, config.tls)
+        # the data folder's owner record names this server, so a refused process can point to it
+        self.engine.collections.owner_lock.record(
+            grpc=f"{config.host}:{self.port}",
+            http=f"{config.host}:{self.http.port}" if self.http is not None else None,
+        )
         self._stopped = threading.Event()
         self._ready = threading.Event()
 

@@ -157,3 +157,23 @@ def _last_json(output: str) -> dict:
     lines = [x.strip() for x in output.splitlines() if x.strip().startswith("{")]
     assert lines, output[-2000:]
     return json.loads(lines[-1])
+
+
+def test_a_job_on_an_owned_folder_is_refused_before_ray_starts(tmp_path):
+    """One owner per data folder (issue 13): the driver takes the folder's lock before Ray."""
+    import ray
+
+    from embedsvc.collections.ownership import DataDirOwned
+
+    _, folder = _write_shards(tmp_path, 10, 1)
+    data = tmp_path / "owned"
+    owner = CollectionManager(data)  # stands in for a server on this folder
+    owner.owner_lock.record(grpc="127.0.0.1:50999")
+    try:
+        started = ray.is_initialized()
+        with pytest.raises(DataDirOwned, match="--server 127.0.0.1:50999"):
+            run_ray_index(_job(folder, "debug"), ServiceConfig(data_dir=data))
+        assert ray.is_initialized() == started  # refused before any Ray work
+        assert owner.list() == []
+    finally:
+        owner.close()
