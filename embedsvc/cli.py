@@ -161,13 +161,14 @@ def serve(
                 f"collection '{demo_collection}', once (later starts reuse "
                 f"{Path(cfg.data_dir).resolve()})"
             )
-        startup.progress("indexing demo corpus", 0, corpus_size)
+        step = "indexing demo corpus" if stored < corpus_size else "checking demo corpus"
+        startup.progress(step, 0, corpus_size)
         counts = _index_into_engine(
             engine,
             corpus,
             demo_collection,
             64,  # small chunks: fine-grained progress, and a stop waits for one chunk at most
-            progress=lambda done: startup.progress("indexing demo corpus", done, corpus_size),
+            progress=lambda done: startup.progress(step, done, corpus_size),
         )
         log = logging.getLogger("embedsvc")
         log.info("demo collection '%s' ready: %s", demo_collection, counts)

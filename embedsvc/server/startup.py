@@ -25,7 +25,7 @@ class StartupCancelled(Exception):
 
 
 class Readiness(threading.Event):
-    """Set while the server is SERVING; ``reason`` says why not when it is clear."""
+    """Set while the server is SERVING; ``reason`` says why not while it is clear."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -40,6 +40,7 @@ class StartUp:
         self._cancel = threading.Event()
         self._progress_started = 0.0
         self._progress_logged = 0.0
+        self._estimated = False
 
     def report(self, reason: str) -> None:
         """Say what the start-up does now (health reason and one log line)."""
@@ -48,20 +49,24 @@ class StartUp:
 
     def progress(self, what: str, done: int, total: int | None) -> None:
         """``what done/total, about N s left`` (the rate so far from ``done == 0``): health
-        always, the log at the start, every few seconds and at the end. Raises
+        always, the log at the start, at the first estimate, every few seconds and at the end.
+        Raises
         :class:`StartupCancelled` once the server is stopping."""
         self.check()
         now = time.monotonic()
         first = done == 0 or not self._progress_started
         if first:
-            self._progress_started = now
+            self._progress_started, self._estimated = now, False
         reason = f"{what} {done:,}/{total:,}" if total else f"{what} {done:,}"
         elapsed = now - self._progress_started
+        first_estimate = False
         if total and 0 < done < total and elapsed > 0:
             reason += f", about {_duration(elapsed / done * (total - done))} left"
+            first_estimate, self._estimated = not self._estimated, True
         self.readiness.reason = reason
         finished = bool(total) and done >= total
-        if first or finished or now - self._progress_logged >= PROGRESS_LOG_INTERVAL_S:
+        due = now - self._progress_logged >= PROGRESS_LOG_INTERVAL_S
+        if first or first_estimate or finished or due:
             self._progress_logged = now
             log.info("start-up: %s", reason)
 
