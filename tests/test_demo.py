@@ -83,6 +83,7 @@ def _logged(server: ServerProcess, text: str, timeout: float = 10.0) -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two starts: about 1 min on 2 idle cores, 10+ under heavy load
 def test_serve_demo_from_a_fresh_copy(tmp_path):
     repo = _fresh_copy(tmp_path / "clone" / "embedsvc")
     assert not (repo.parent / "shared").exists()
@@ -91,8 +92,9 @@ def test_serve_demo_from_a_fresh_copy(tmp_path):
     workdir = tmp_path / "work"  # not the checkout: `python -m` would import from the cwd
     workdir.mkdir()
     env = {"PYTHONPATH": str(site)}
+    serve = dict(env=env, cwd=workdir, ready_timeout=900)
     questions = demo_questions()[:100]
-    with ServerProcess(tmp_path / "indexes", "--demo", env=env, cwd=workdir) as server:
+    with ServerProcess(tmp_path / "indexes", "--demo", **serve) as server:
         log = _logged(server, "indexing demo corpus 1,312/1,312")
         used = re.search(r"first start: embedding the 1,312 documents of (\S+) into", log)
         assert used, log
@@ -109,7 +111,7 @@ def test_serve_demo_from_a_fresh_copy(tmp_path):
         assert server.stop() == 0, server.tail()
 
     # a later start reuses the collection: nothing is embedded again
-    with ServerProcess(tmp_path / "indexes", "--demo", env=env, cwd=workdir) as server:
+    with ServerProcess(tmp_path / "indexes", "--demo", **serve) as server:
         log = _logged(server, "'inserted': 0, 'updated': 0, 'unchanged': 1312")
         assert "collection 'demo' holds 1,312 documents" in log
         assert server.stop() == 0, server.tail()
