@@ -6,12 +6,14 @@ import itertools
 import json
 import logging
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import typer
 
 from embedsvc.config import ServiceConfig
+from embedsvc.demo import DEMO_COLLECTION, DEMO_CORPUS
 from embedsvc.errors import EmbedsvcError
 
 app = typer.Typer(
@@ -19,10 +21,6 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-
-#: the SciFact corpus next to this checkout (../shared/data), used by `serve --demo`
-DEMO_CORPUS = Path(__file__).resolve().parents[2] / "shared/data/scifact/corpus.jsonl.gz"
-DEMO_COLLECTION = "scifact"
 
 
 def _fail(exc: EmbedsvcError) -> None:
@@ -38,8 +36,16 @@ def _config(config: Path | None, **overrides: Any) -> ServiceConfig:
         raise typer.Exit(2) from None
 
 
-def _index_into_engine(engine, path: Path, collection: str, batch_size: int) -> dict[str, int]:
-    """Embed and upsert a document file in chunks (resumable: unchanged ids are skipped)."""
+def _index_into_engine(
+    engine,
+    path: Path,
+    collection: str,
+    batch_size: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, int]:
+    """Embed and upsert a document file in chunks (resumable: unchanged ids are skipped).
+
+    A progress bar, or ``progress(documents done)`` after each chunk instead (the server logs)."""
     from tqdm import tqdm
 
     from embedsvc.documents import count_documents, read_documents
@@ -47,13 +53,40 @@ def _index_into_engine(engine, path: Path, collection: str, batch_size: int) -> 
 
     total = UpsertCounts()
     docs = read_documents(path)
-    with tqdm(total=count_documents(path), unit="doc", desc=f"index {collection}") as bar:
+    with tqdm(
+        total=count_documents(path),
+        unit="doc",
+        desc=f"index {collection}",
+        disable=progress is not None,
+    ) as bar:
         while chunk := list(itertools.islice(docs, batch_size)):
             batch = [Document(d["id"], d["text"], d["metadata"]) for d in chunk]
             total += engine.upsert(collection, batch)
             bar.update(len(chunk))
+            if progress is not None:
+                progress(total.received)
     engine.collections.get(collection).checkpoint()
     return vars(total)
+
+
+def _readable_corpus(path: Path) -> int:
+    """Read the whole corpus once and count its documents; exit 2 in one line if it cannot be
+    read (missing, malformed, empty), before any model loads."""
+    from embedsvc.documents import read_documents
+
+    try:
+        count = sum(1 for _ in read_documents(path))
+    except EmbedsvcError as exc:
+        reason = exc.message
+    except (OSError, ValueError, EOFError) as exc:  # permissions, bad gzip, bad UTF-8, Parquet
+        reason = str(exc)
+    else:
+        if count:
+            return count
+        reason = "it holds no documents"
+    reason = " ".join(reason.removeprefix(f"{path}: ").split())
+    typer.echo(f"error: cannot read the demo corpus {path}: {reason}", err=True)
+    raise typer.Exit(2)
 
 
 def _ensure_collection(engine, name: str, strategy: str, index_kind: str | None) -> None:
@@ -75,13 +108,27 @@ def serve(
         None, envvar="EMBEDSVC_CONFIG", help="YAML/JSON config file (see embedsvc.config)"
     ),
     demo: bool = typer.Option(
-        False, help=f"create and fill the '{DEMO_COLLECTION}' collection from the SciFact corpus"
+        False,
+        help=f"create and fill the '{DEMO_COLLECTION}' collection from the 1,312 Wikipedia "
+        "passages that ship with embedsvc (embedded once; later starts reuse it)",
     ),
-    demo_corpus: Path = typer.Option(DEMO_CORPUS, help="corpus for --demo"),
+    demo_corpus: Path = typer.Option(
+        None,
+        help="another JSONL(.gz)/Parquet corpus for --demo (implies it), "
+        "e.g. ../shared/data/scifact/corpus.jsonl.gz",
+    ),
+    demo_collection: str = typer.Option(DEMO_COLLECTION, help="the collection --demo fills"),
     log_level: str = typer.Option(None, help="DEBUG, INFO, ... (default: logging.level, INFO)"),
     log_format: str = typer.Option(None, help="text | json (default: logging.format, text)"),
 ) -> None:
-    """Run the gRPC server until SIGTERM/SIGINT (then drain and checkpoint)."""
+    """Run the gRPC server until SIGTERM/SIGINT (then drain and checkpoint).
+
+    Exits 2 at once on a demo corpus it cannot read, and 1 (reason logged in one line) when the
+    warm-up fails, rather than listening without ever serving."""
+    corpus = demo_corpus or DEMO_CORPUS
+    demo = demo or demo_corpus is not None
+    corpus_size = _readable_corpus(corpus) if demo else 0
+
     from embedsvc.server import serve as run
     from embedsvc.server.logs import configure_logging
 
@@ -98,16 +145,39 @@ def serve(
         raise typer.Exit(2) from None
     configure_logging(cfg.logging)
 
-    def warm_up(engine) -> None:
-        if demo:
-            _ensure_collection(engine, DEMO_COLLECTION, "mean", "flat")
-            counts = _index_into_engine(engine, demo_corpus, DEMO_COLLECTION, 256)
-            logging.getLogger("embedsvc").info("demo collection ready: %s", counts)
+    def warm_up(engine, startup) -> None:
+        if not demo:
+            return
+        _ensure_collection(engine, demo_collection, "mean", "flat")
+        stored = engine.collections.get(demo_collection).count
+        if stored:
+            startup.report(
+                f"collection '{demo_collection}' holds {stored:,} documents: checking them "
+                f"against {corpus} (only new or changed documents are embedded)"
+            )
+        else:
+            startup.report(
+                f"first start: embedding the {corpus_size:,} documents of {corpus} into "
+                f"collection '{demo_collection}', once (later starts reuse "
+                f"{Path(cfg.data_dir).resolve()})"
+            )
+        step = "indexing demo corpus" if stored < corpus_size else "checking demo corpus"
+        startup.progress(step, 0, corpus_size)
+        counts = _index_into_engine(
+            engine,
+            corpus,
+            demo_collection,
+            64,  # small chunks: fine-grained progress, and a stop waits for one chunk at most
+            progress=lambda done: startup.progress(step, done, corpus_size),
+        )
+        log = logging.getLogger("embedsvc")
+        log.info("demo collection '%s' ready: %s", demo_collection, counts)
 
     try:
-        run(cfg, warm_up=warm_up)
+        status = run(cfg, warm_up=warm_up)
     except EmbedsvcError as exc:  # e.g. the data folder is owned by another process
         _fail(exc)
+    raise typer.Exit(status)
 
 
 @app.command()

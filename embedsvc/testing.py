@@ -32,9 +32,11 @@ class ServerProcess:
         *args: str,
         env: dict[str, str] | None = None,
         ready_timeout: float = 300.0,
+        cwd: Path | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.args = args
+        self.cwd = cwd
         self.env = dict(os.environ, HF_HUB_OFFLINE="1", **(env or {}))
         self.ready_timeout = ready_timeout
         self.log: deque[str] = deque(maxlen=200)
@@ -48,7 +50,12 @@ class ServerProcess:
             "--data-dir", str(self.data_dir), *self.args,
         ]  # fmt: skip
         self.proc = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=self.env
+            command,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=self.env,
+            cwd=self.cwd,
         )
         deadline = time.monotonic() + self.ready_timeout
         while not self.port:
@@ -65,8 +72,18 @@ class ServerProcess:
         # keep draining the log so a full pipe never blocks the server
         threading.Thread(target=self._drain, daemon=True).start()
         self.client = EmbedsvcClient(f"127.0.0.1:{self.port}", timeout=120)
-        self.client.wait_ready(timeout=max(1.0, deadline - time.monotonic()))
-        return self
+        while True:  # until SERVING, or the process exits (a failed warm-up), or time is up
+            try:
+                self.client.wait_ready(timeout=1.0)
+                return self
+            except TimeoutError:
+                pass
+            if self.proc.poll() is not None:
+                time.sleep(0.5)  # let the drain thread read the last lines
+                raise RuntimeError(f"server exited ({self.proc.returncode}):\n" + self.tail())
+            if time.monotonic() > deadline:
+                self.kill()
+                raise TimeoutError("server not SERVING in time:\n" + self.tail())
 
     def _drain(self) -> None:
         for line in self.proc.stdout:

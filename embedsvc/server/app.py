@@ -19,6 +19,7 @@ from embedsvc.server.http import HttpServer, create_app
 from embedsvc.server.interceptors import AuthInterceptor, MetricsInterceptor, RequestInterceptor
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.servicer import add_servicers
+from embedsvc.server.startup import Readiness, StartUp, StartupCancelled, describe
 from embedsvc.server.tracing import create_tracing
 from embedsvc.telemetry import install_log_record_factory
 
@@ -41,7 +42,10 @@ class Service:
         install_log_record_factory()  # every log record gets the request's id
         #: OTel spans to config.tracing.otlp_endpoint; None (no SDK loaded) without one
         self.tracing = create_tracing(config.tracing)
-        self.serving = threading.Event()
+        self.serving = Readiness()
+        self.startup = StartUp(self.serving)
+        #: why the warm-up failed (the process exits non-zero with it); None while it has not
+        self.startup_error: str | None = None
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.grpc_workers),
             interceptors=[
@@ -85,6 +89,7 @@ class Service:
         )
         self._stopped = threading.Event()
         self._ready = threading.Event()
+        self._startup_thread: threading.Thread | None = None
 
     @property
     def http_port(self) -> int | None:
@@ -108,9 +113,9 @@ class Service:
             wedged = self.engine.batcher.busy_for() > limit
             if wedged == self.serving.is_set():
                 log.warning("engine %s", "wedged: NOT_SERVING" if wedged else "recovered")
-                self.set_serving(not wedged)
+                self.set_serving(not wedged, f"a forward pass has run for over {limit:g} s")
 
-    def set_serving(self, serving: bool) -> None:
+    def set_serving(self, serving: bool, reason: str = "starting") -> None:
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if serving
@@ -118,10 +123,18 @@ class Service:
         )
         for name in ("", *self.service_names):
             self.health.set(name, status)
+        self.serving.reason = "" if serving else reason
         (self.serving.set if serving else self.serving.clear)()
 
-    def start(self, warm_up: Callable[[Engine], None] | None = None) -> None:
-        """Start answering; health turns SERVING once the models (and ``warm_up``) are ready."""
+    def start(
+        self,
+        warm_up: Callable[[Engine, StartUp], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
+        """Start answering; health turns SERVING once the models (and ``warm_up``) are ready.
+
+        A failed warm-up leaves health NOT_SERVING with the reason, and calls ``on_failure``
+        with it (``serve`` then exits non-zero rather than listening half-alive)."""
         self.server.start()
         if self.http is not None:
             self.http.start()
@@ -129,17 +142,34 @@ class Service:
 
         def ready() -> None:
             try:
+                self.startup.report(
+                    "loading models (" + ", ".join(self.config.preload_strategies) + ")"
+                )
                 self.engine.preload()
                 if warm_up is not None:
-                    warm_up(self.engine)
-            except Exception:
-                log.exception("start-up failed; health stays NOT_SERVING")
+                    warm_up(self.engine, self.startup)
+                self.startup.check()
+            except Exception as exc:
+                if isinstance(exc, StartupCancelled) or self.startup.cancelled:
+                    return  # stopped during start-up: not a failure
+                self.startup_error = describe(exc)
+                self.serving.reason = f"start-up failed: {self.startup_error}"
+                log.error("start-up failed: %s", self.startup_error)
+                log.debug("start-up failure", exc_info=True)
+                if on_failure is not None:
+                    on_failure(self.startup_error)
                 return
             self._ready.set()
             self.set_serving(True)
             log.info("serving on %s:%d", self.config.host, self.port)
 
-        threading.Thread(target=ready, name="embedsvc-startup", daemon=True).start()
+        self._startup_thread = threading.Thread(target=ready, name="embedsvc-startup", daemon=True)
+        self._startup_thread.start()
+
+    @property
+    def ready(self) -> bool:
+        """The warm-up finished (health may still be NOT_SERVING while the engine is wedged)."""
+        return self._ready.is_set()
 
     def stop(self, grace: float = 10.0) -> None:
         """Drain: refuse new RPCs, let in-flight ones finish, then checkpoint collections and
@@ -147,7 +177,11 @@ class Service:
         if self._stopped.is_set():
             return
         self._stopped.set()
-        self.set_serving(False)
+        self.set_serving(False, "shutting down")
+        # a warm-up stops between steps; wait for it so the engine is not closed under it
+        self.startup.cancel()
+        if self._startup_thread is not None:
+            self._startup_thread.join(grace)
         if self.http is not None:
             self.http.stop(grace)
         self.server.stop(grace).wait()
@@ -167,19 +201,22 @@ def create_server(config: ServiceConfig | None = None) -> tuple[Service, int]:
     return service, service.port
 
 
-def serve(config: ServiceConfig, warm_up: Callable[[Engine], None] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+def serve(config: ServiceConfig, warm_up: Callable[[Engine, StartUp], None] | None = None) -> int:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Returns the exit status: 0, or 1
+    when the warm-up failed (the reason is logged in one line)."""
     service, port = create_server(config)
     done = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001
-        log.info("signal %d: draining", signum)
+        state = "draining" if service.ready else "stopped during start-up"
+        log.info("signal %d: %s", signum, state)
         done.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    service.start(warm_up)
+    service.start(warm_up, on_failure=lambda reason: done.set())
     http = f", http on {config.host}:{service.http_port}" if service.http else ""
     print(f"embedsvc listening on {config.host}:{port}{http}", flush=True)
     done.wait()
     service.stop()
+    return 1 if service.startup_error else 0

@@ -27,6 +27,7 @@ from embedsvc.errors import EmbedsvcError, InvalidArgument
 from embedsvc.server.auth import ApiKeyAuth
 from embedsvc.server.logs import log_access
 from embedsvc.server.metrics import Metrics
+from embedsvc.server.startup import Readiness
 from embedsvc.server.status import to_http
 from embedsvc.server.tracing import Tracing
 from embedsvc.strategies import Role
@@ -64,7 +65,7 @@ def create_app(
     engine: Engine,
     auth: ApiKeyAuth,
     metrics: Metrics,
-    serving: threading.Event,
+    serving: Readiness,
     tracing: Tracing | None = None,
 ) -> FastAPI:
     app = FastAPI(title="embedsvc", version="1", docs_url=None, redoc_url=None)
@@ -141,8 +142,10 @@ def create_app(
 
     @app.get("/health")
     def health() -> Response:
-        ok = serving.is_set()
-        return JSONResponse({"status": "SERVING" if ok else "NOT_SERVING"}, 200 if ok else 503)
+        if serving.is_set():
+            return JSONResponse({"status": "SERVING"})
+        # why not (gRPC health has no such field; the server logs the same lines)
+        return JSONResponse({"status": "NOT_SERVING", "reason": serving.reason}, 503)
 
     @app.get("/metrics")
     def prometheus() -> Response:

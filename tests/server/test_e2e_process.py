@@ -17,7 +17,10 @@ from embedsvc.testing import ServerProcess
 
 STSB = Path(__file__).resolve().parents[3] / "shared/data/stsb/sts-dev.csv"
 
-pytestmark = pytest.mark.slow
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not STSB.is_file(), reason=f"{STSB} not available (../shared/data)"),
+]
 
 
 def _sentences(n: int) -> list[str]:

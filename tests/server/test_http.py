@@ -52,6 +52,42 @@ def test_langchain_embeddings_against_http(http):
     assert np.allclose(query, grpc_client.embed(["alpha beta"], strategy="debug")[0], atol=1e-6)
 
 
+def test_llamaindex_embeddings_against_http(http, monkeypatch):
+    """LlamaIndex's OpenAI-like integration (its plain OpenAI class checks model names), with
+    every connection recorded: nothing but the server may be reached (no tiktoken or NLTK
+    downloads; those would fail offline)."""
+    import socket
+
+    from llama_index.embeddings.openai_like import OpenAILikeEmbedding
+
+    _, grpc_client, base = http
+    outside: list[object] = []
+    loopback = ("127.0.0.1", "::1", "localhost")
+    connect, resolve = socket.socket.connect, socket.getaddrinfo
+
+    def connect_loopback(sock, address):
+        if not isinstance(address, tuple) or address[0] not in loopback:
+            outside.append(address)
+        return connect(sock, address)
+
+    def resolve_loopback(host, *args, **kwargs):
+        if host not in loopback:
+            outside.append(host)
+        return resolve(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", connect_loopback)
+    monkeypatch.setattr(socket, "getaddrinfo", resolve_loopback)
+    embedder = OpenAILikeEmbedding(
+        model_name="debug", api_base=f"{base}/v1", api_key="unused", max_retries=0
+    )
+    docs = embedder.get_text_embedding_batch(["alpha beta", "gamma delta", "epsilon"])
+    query = embedder.get_query_embedding("alpha beta")
+    expected = grpc_client.embed(["alpha beta", "gamma delta", "epsilon"], strategy="debug")
+    assert np.allclose(np.array(docs, dtype=np.float32), expected, atol=1e-6)
+    assert np.allclose(query, expected[0], atol=1e-6)
+    assert outside == []
+
+
 def test_http_search_health_metrics_and_errors(http):
     service, client, base = http
     client.create_collection("docs", strategy="debug")
