@@ -13,6 +13,7 @@ construction to ``close``, and a second manager on the same folder is refused wi
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import threading
@@ -24,9 +25,18 @@ from embedsvc.collections.collection import DOCS_FILE, META_FILE, Collection, Co
 from embedsvc.collections.ownership import DataDirLock
 from embedsvc.collections.storage import storage_guarded
 from embedsvc.collections.store import DocStore
-from embedsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound, shorten
+from embedsvc.errors import (
+    AlreadyExists,
+    EmbedsvcError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    shorten,
+)
 from embedsvc.indexes import IndexConfig, available_index_kinds
 from embedsvc.indexes.base import check_index_config, fsync_dir, write_atomic
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _TMP_PREFIX = ".tmp-"
@@ -214,4 +224,7 @@ class CollectionManager:
 
     def _checkpoint_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except EmbedsvcError as exc:  # a full disk: the store holds every write; retry later
+                log.warning("background checkpoint failed: %s", exc.message)
