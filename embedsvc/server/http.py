@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -79,7 +80,7 @@ def create_app(
     serving: Readiness,
     tracing: Tracing | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-    health_detail: Any = None,
+    health_detail: Callable[[], dict[str, str]] | None = None,
 ) -> FastAPI:
     """``health_detail()``, when given, returns ``{service: reason}`` for the services that are
     NOT_SERVING while the server as a whole serves (``GET /health`` lists them)."""
