@@ -42,6 +42,9 @@ class LimitsConfig(BaseModel):
     max_text_chars: int = Field(100_000, ge=1, description="reject longer texts before tokenising")
     max_top_k: int = Field(1000, ge=1)
     max_queries_per_search: int = Field(256, ge=1)
+    #: document ids in one Delete call (a repeated field otherwise bounded only by the 64 MiB
+    #: message size)
+    max_ids_per_request: int = Field(10_000, ge=1)
 
 
 class AuthConfig(BaseModel):
@@ -53,6 +56,8 @@ class AuthConfig(BaseModel):
     api_keys: list[str] = []
     #: keys that may embed, search and list, but not create, upsert or delete
     read_only_keys: list[str] = []
+    #: keys that may only scrape ``GET /metrics`` (a Prometheus scraper's credential)
+    metrics_keys: list[str] = []
 
     @property
     def enabled(self) -> bool:
@@ -76,6 +81,20 @@ class HttpConfig(BaseModel):
     enabled: bool = True
     #: 0 = any free port
     port: int = 8080
+    #: largest request body accepted, counted while reading (Content-Length and chunked alike);
+    #: larger ones get 413 before more than this is read
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class MetricsConfig(BaseModel):
+    """Prometheus metrics: on the HTTP port at ``/metrics`` (behind the API keys when keys are
+    configured), and optionally on a separate port without a key, to keep on a private network.
+    """
+
+    #: a separate Prometheus listener (no key; bind it where only the scraper can reach it);
+    #: None = none, 0 = any free port
+    port: int | None = None
+    host: str = "127.0.0.1"
 
 
 class TracingConfig(BaseModel):
@@ -134,10 +153,13 @@ class ServiceConfig(BaseSettings):
     auth: AuthConfig = AuthConfig()
     tls: TlsConfig = TlsConfig()
     http: HttpConfig = HttpConfig()
+    metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
     logging: LoggingConfig = LoggingConfig()
     #: seconds a forward pass may run before health reports NOT_SERVING (engine wedged)
     watchdog_timeout_s: float = Field(120.0, gt=0)
+    #: how often the data folder is probed for writability (health of CollectionService)
+    storage_check_interval_s: float = Field(10.0, gt=0)
 
     @classmethod
     def load(cls, path: str | Path | None = None, **overrides: Any) -> ServiceConfig:

@@ -18,6 +18,7 @@ from typing import Any
 from embedsvc import telemetry
 from embedsvc.batching import Batcher, SearchBatcher
 from embedsvc.collections.manager import CollectionManager
+from embedsvc.collections.store import validate_filter
 from embedsvc.config import ServiceConfig
 from embedsvc.errors import InvalidArgument
 from embedsvc.indexes import index_kind_class
@@ -233,6 +234,12 @@ class Engine:
     def delete(self, collection: str, ids: list[str]) -> int:
         if not ids:
             raise InvalidArgument("ids is empty; name at least one document id", field="ids")
+        limit = self.config.limits.max_ids_per_request
+        if len(ids) > limit:
+            raise InvalidArgument(
+                f"{len(ids):,} ids in one Delete; the limit is {limit:,}: split the request",
+                field="ids",
+            )
         return self.collections.get(collection).delete(ids)
 
     def search(
@@ -254,6 +261,8 @@ class Engine:
             )
         coll = self.collections.get(collection)
         self._validate_texts(queries, "queries", limits.max_queries_per_search)
+        if filter:
+            validate_filter(filter)  # before the search batcher groups requests by filter
         strat = self.strategy(coll.strategy)
         emb = self._encode(strat, queries, Role.QUERY, True, False, what="queries")
         started = time.perf_counter()

@@ -28,6 +28,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from embedsvc.collections.rwlock import RWLock
+from embedsvc.collections.storage import read_only_message, storage_guarded, writable
 from embedsvc.collections.store import DocStore, Document, canonical_metadata
 from embedsvc.errors import FailedPrecondition, InvalidArgument
 from embedsvc.indexes import IndexConfig, VectorIndex, create_index, load_index
@@ -85,7 +86,9 @@ class Collection:
         self._lock = RWLock()
         self._snapshot_lock = threading.Lock()
         self._closed = False
-        self._store = DocStore(self.directory / DOCS_FILE)
+        #: on a read-only mount: searches and reads work, writes fail with FAILED_PRECONDITION
+        self.read_only = not writable(self.directory)
+        self._store = DocStore(self.directory / DOCS_FILE, read_only=self.read_only)
         self._snapshot_generation = -1
         self._index = self._open_index()
 
@@ -111,11 +114,13 @@ class Collection:
         return self.meta.index_kind
 
     @property
+    @storage_guarded("directory")
     def count(self) -> int:
         self._check_open()
         return self._store.count()
 
     # ------------------------------------------------------------------ writes
+    @storage_guarded("directory")
     def upsert(
         self,
         ids: Sequence[str],
@@ -125,6 +130,7 @@ class Collection:
     ) -> UpsertResult:
         """Insert new ids, update changed ones, skip identical ones; durable when it returns."""
         self._check_open()
+        self.check_writable()
         ids, texts = list(ids), list(texts)
         metas = list(metadatas) if metadatas is not None else [None] * len(ids)
         if not (len(ids) == len(texts) == len(metas) == len(embedding)):
@@ -160,9 +166,11 @@ class Collection:
                 )
         return UpsertResult(out.inserted, out.updated, out.unchanged)
 
+    @storage_guarded("directory")
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""
         self._check_open()
+        self.check_writable()
         ids = list(dict.fromkeys(ids))
         if not ids:
             return 0
@@ -174,6 +182,7 @@ class Collection:
         return len(seqs)
 
     # ------------------------------------------------------------------- reads
+    @storage_guarded("directory")
     def search(
         self, query_embedding: Embedding, k: int, filter: dict[str, Any] | None = None
     ) -> list[list[Hit]]:
@@ -196,17 +205,20 @@ class Collection:
             for row_s, row_i in zip(scores, seqs.tolist(), strict=True)
         ]
 
+    @storage_guarded("directory")
     def get(self, ids: Sequence[str]) -> list[Document | None]:
         """Stored documents by id, None where unknown."""
         self._check_open()
         found = self._store.docs_by_id(list(ids))
         return [found.get(i) for i in ids]
 
+    @storage_guarded("directory")
     def payloads(self, ids: Sequence[str]) -> dict[str, bytes]:
         """The strategy payloads stored with these documents (``Embedding.payloads``)."""
         self._check_open()
         return self._store.payloads_by_id(list(ids))
 
+    @storage_guarded("directory")
     def describe(self) -> dict[str, Any]:
         self._check_open()
         with self._lock.read():
@@ -226,9 +238,12 @@ class Collection:
             }
 
     # --------------------------------------------------------------- lifecycle
+    @storage_guarded("directory")
     def checkpoint(self) -> bool:
         """Snapshot the index if writes happened since the last one; True if it wrote one."""
         self._check_open()
+        if self.read_only:
+            return False  # nothing can have changed through a read-only mount
         with self._snapshot_lock, self._lock.read():  # readers go on; writers wait
             generation = self._store.generation
             if generation == self._snapshot_generation:
@@ -263,6 +278,10 @@ class Collection:
     def _check_open(self) -> None:
         if self._closed:
             raise FailedPrecondition(f"collection {self.name!r} is closed or was deleted")
+
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise FailedPrecondition(read_only_message(self.directory, "read-only file system"))
 
     def _check_embedding(self, embedding: Embedding, what: str) -> np.ndarray:
         kind = getattr(embedding, "kind", None)

@@ -13,6 +13,7 @@ construction to ``close``, and a second manager on the same folder is refused wi
 from __future__ import annotations
 
 import contextlib
+import logging
 import re
 import shutil
 import threading
@@ -22,10 +23,20 @@ from typing import Any
 
 from embedsvc.collections.collection import DOCS_FILE, META_FILE, Collection, CollectionMeta
 from embedsvc.collections.ownership import DataDirLock
+from embedsvc.collections.storage import storage_guarded
 from embedsvc.collections.store import DocStore
-from embedsvc.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from embedsvc.errors import (
+    AlreadyExists,
+    EmbedsvcError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    shorten,
+)
 from embedsvc.indexes import IndexConfig, available_index_kinds
-from embedsvc.indexes.base import fsync_dir, write_atomic
+from embedsvc.indexes.base import check_index_config, fsync_dir, write_atomic
+
+log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _TMP_PREFIX = ".tmp-"
@@ -35,7 +46,7 @@ _DELETED_PREFIX = ".deleted-"
 def validate_name(name: Any) -> str:
     if not isinstance(name, str) or not _NAME.fullmatch(name) or name.startswith("."):
         raise InvalidArgument(
-            f"bad collection name {name!r}: use 1-64 letters, digits, '_', '-' or '.', "
+            f"bad collection name {shorten(name)}: use 1-64 letters, digits, '_', '-' or '.', "
             "not starting with '.'",
             field="name",
         )
@@ -67,6 +78,7 @@ class CollectionManager:
             )
             self._thread.start()
 
+    @storage_guarded("data_dir")
     def create(
         self,
         name: str,
@@ -93,7 +105,7 @@ class CollectionManager:
         kinds = available_index_kinds()
         if index_kind not in kinds:
             raise InvalidArgument(
-                f"unknown index kind {index_kind!r}; valid kinds: {', '.join(kinds)}",
+                f"unknown index kind {shorten(index_kind)}; valid kinds: {', '.join(kinds)}",
                 field="index_kind",
             )
         needs = kinds[index_kind].input_kind
@@ -104,14 +116,7 @@ class CollectionManager:
                 f"{strategy!r} gives {output_kind}; use one of: {fitting}",
                 field="index_kind",
             )
-        try:
-            config = (
-                index_config
-                if isinstance(index_config, IndexConfig)
-                else IndexConfig(**(index_config or {}))
-            )
-        except Exception as exc:  # pydantic.ValidationError: bad user config
-            raise InvalidArgument(f"bad index config: {exc}", field="index_config") from exc
+        config = check_index_config(index_config, dim)  # bounded: InvalidArgument naming the field
         meta = CollectionMeta(
             name=name,
             strategy=strategy,
@@ -141,6 +146,7 @@ class CollectionManager:
             self._open[name] = collection
             return collection
 
+    @storage_guarded("data_dir")
     def get(self, name: str) -> Collection:
         with self._lock:
             self._check_open()
@@ -151,13 +157,15 @@ class CollectionManager:
             if not isinstance(name, str) or not _NAME.fullmatch(name) or not meta_path.is_file():
                 existing = ", ".join(self.list()) or "(none)"
                 raise NotFound(
-                    f"no collection named {name!r}; existing collections: {existing}", field="name"
+                    f"no collection named {shorten(name)}; existing collections: {existing}",
+                    field="name",
                 )
             meta = CollectionMeta.model_validate_json(meta_path.read_text())
             collection = Collection(self.data_dir / name, meta)
             self._open[name] = collection
             return collection
 
+    @storage_guarded("data_dir")
     def list(self) -> list[str]:
         with self._lock:
             return sorted(
@@ -166,10 +174,13 @@ class CollectionManager:
                 if not p.name.startswith(".") and (p / META_FILE).is_file()
             )
 
+    @storage_guarded("data_dir")
     def delete(self, name: str) -> None:
         """Remove a collection and its files; handles still held on it start failing."""
         with self._lock:
             collection = self.get(name)
+            if collection.read_only:
+                collection.check_writable()  # raises, leaving the collection open
             collection.close(checkpoint=False)
             del self._open[name]
             gone = self.data_dir / f"{_DELETED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
@@ -213,4 +224,7 @@ class CollectionManager:
 
     def _checkpoint_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):
-            self.checkpoint()
+            try:
+                self.checkpoint()
+            except EmbedsvcError as exc:  # a full disk: the store holds every write; retry later
+                log.warning("background checkpoint failed: %s", exc.message)

@@ -4,8 +4,14 @@
 clients work unmodified; ``model`` names the strategy), ``POST /v1/search`` searches a
 collection, ``GET /v1/models`` lists strategies, ``GET /health`` mirrors gRPC health and
 ``GET /metrics`` is the Prometheus exposition. Errors use the same mapping as gRPC
-(:func:`embedsvc.server.status.to_http`) with OpenAI's error body. Every response carries
-``x-request-id`` (the caller's, when valid) and ``x-total-time``.
+(:func:`embedsvc.server.status.to_http`) with OpenAI's error body, unknown routes and bodies that
+do not parse included. Every response carries ``x-request-id`` (the caller's, when valid) and
+``x-total-time``.
+
+Bounded per request: bodies (``http.max_body_bytes``, :mod:`embedsvc.server.body_limit`) and
+metric labels (a path that is not one of the routes is counted as ``unknown``, so random paths
+cannot add series). With API keys configured, ``/metrics`` and ``/openapi.json`` need a key too
+(``/metrics`` also takes a metrics-only key); ``/health`` stays open.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import base64
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -20,11 +27,13 @@ from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from embedsvc import telemetry
 from embedsvc.engine import Engine
-from embedsvc.errors import EmbedsvcError, InvalidArgument
-from embedsvc.server.auth import ApiKeyAuth
+from embedsvc.errors import EmbedsvcError, InvalidArgument, NotFound, shorten
+from embedsvc.server.auth import METRICS, OPENAPI, ApiKeyAuth
+from embedsvc.server.body_limit import BodyLimit, BodyTooLarge
 from embedsvc.server.logs import log_access
 from embedsvc.server.metrics import Metrics
 from embedsvc.server.startup import Readiness
@@ -34,6 +43,9 @@ from embedsvc.strategies import Role
 
 #: probes and scrapes: access lines at DEBUG, never traced
 _QUIET_ROUTES = frozenset(("/health", "/metrics"))
+#: the metric label (and span name) of every path that is not a route
+UNKNOWN_ROUTE = "unknown"
+DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
 
 
 class EmbeddingsRequest(BaseModel):
@@ -67,8 +79,16 @@ def create_app(
     metrics: Metrics,
     serving: Readiness,
     tracing: Tracing | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    health_detail: Callable[[], dict[str, str]] | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="embedsvc", version="1", docs_url=None, redoc_url=None)
+    """``health_detail()``, when given, returns ``{service: reason}`` for the services that are
+    NOT_SERVING while the server as a whole serves (``GET /health`` lists them)."""
+    # /openapi.json is served below, behind the API keys
+    app = FastAPI(title="embedsvc", version="1", docs_url=None, redoc_url=None, openapi_url=None)
+    # inside ``observe`` (added below, so outside this): a 413 gets a request id and access line
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    known_routes: set[str] = set()
 
     def authorize(route: str) -> Any:
         def check(authorization: str | None = Header(None)) -> None:
@@ -81,18 +101,24 @@ def create_app(
         """Request id (``x-request-id`` in, or new; always sent back), access line, span."""
         start = time.perf_counter()
         route, method = request.url.path, request.method
-        quiet = route in _QUIET_ROUTES
+        if not known_routes:
+            known_routes.update(getattr(r, "path", "") for r in app.routes)
+        # a bounded label: random paths must not each add a metric series (or span name)
+        label = route if route in known_routes else UNKNOWN_ROUTE
+        if len(route) > 200:
+            route = route[:200] + "..."
+        quiet = label in _QUIET_ROUTES
         traced = None if quiet else tracing
         request_id = telemetry.accept_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
         tokens = telemetry.enter(request_id, traced.tracer if traced else None)
         span = None
         if traced is not None:
             span = traced.start(
-                f"{method} {route}",
+                f"{method} {label}",
                 {
                     "http.request.method": method,
                     "url.path": route,
-                    "http.route": route,
+                    "http.route": label,
                     "embedsvc.request_id": request_id,
                 },
                 dict(request.headers),
@@ -119,7 +145,7 @@ def create_app(
                 log_access(status, elapsed, route=route, http_method=method, quiet=quiet)
             finally:
                 telemetry.leave(tokens)
-        metrics.observe_rpc(f"HTTP {route}", str(status), elapsed)
+        metrics.observe_rpc(f"HTTP {label}", str(status), elapsed)
         response.headers["x-total-time"] = f"{elapsed * 1000:.2f}"
         response.headers[telemetry.REQUEST_ID_HEADER] = request_id
         return response
@@ -128,6 +154,24 @@ def create_app(
     async def on_error(request: Request, exc: EmbedsvcError) -> JSONResponse:
         status, body = to_http(exc)
         return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Unknown routes, wrong methods, bodies that do not parse, bodies over the limit: in
+        OpenAI's error shape like every other error (FastAPI's default is ``{"detail": ...}``)."""
+        if isinstance(exc, BodyTooLarge):
+            error: EmbedsvcError = exc.error
+        elif exc.status_code == 404:
+            routes = ", ".join(sorted(p for p in known_routes if p))
+            error = NotFound(
+                f"no route {request.method} {shorten(request.url.path)}; routes: {routes}"
+            )
+        else:
+            error = InvalidArgument(f"{exc.detail}: {request.method} {shorten(request.url.path)}")
+        status, body = to_http(error)
+        if exc.status_code not in (404, 413):
+            status = exc.status_code  # e.g. 405: the method is wrong, not the body
+        return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def on_invalid_body(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -143,13 +187,24 @@ def create_app(
     @app.get("/health")
     def health() -> Response:
         if serving.is_set():
-            return JSONResponse({"status": "SERVING"})
+            body: dict[str, Any] = {"status": "SERVING"}
+            degraded = health_detail() if health_detail is not None else {}
+            if degraded:  # gRPC health says the same per service; the reasons are logged too
+                body["services"] = {
+                    name: {"status": "NOT_SERVING", "reason": reason}
+                    for name, reason in degraded.items()
+                }
+            return JSONResponse(body)
         # why not (gRPC health has no such field; the server logs the same lines)
         return JSONResponse({"status": "NOT_SERVING", "reason": serving.reason}, 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[authorize(METRICS)])
     def prometheus() -> Response:
         return Response(metrics.exposition(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/openapi.json", include_in_schema=False, dependencies=[authorize(OPENAPI)])
+    def openapi() -> JSONResponse:
+        return JSONResponse(app.openapi())
 
     @app.get("/v1/models", dependencies=[authorize("ListStrategies")])
     def models() -> dict[str, Any]:

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from embedsvc.engine import Document, Engine
-from embedsvc.errors import InvalidArgument
+from embedsvc.errors import InvalidArgument, shorten
 from embedsvc.rag.context import adaptive_search
 from embedsvc.server.convert import (
     KIND,
@@ -150,8 +150,9 @@ class CollectionServicer(cgrpc.CollectionServiceServicer):
             if message.collection:
                 if collection and message.collection != collection:
                     raise InvalidArgument(
-                        f"one Upsert stream writes one collection: got {message.collection!r} "
-                        f"after {collection!r}; open a new stream per collection",
+                        "one Upsert stream writes one collection: got "
+                        f"{shorten(message.collection)} after {shorten(collection)}; open a new "
+                        "stream per collection",
                         field="collection",
                     )
                 collection = message.collection

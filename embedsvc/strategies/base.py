@@ -19,7 +19,7 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import BaseModel
 
-from embedsvc.errors import InvalidArgument, NotFound
+from embedsvc.errors import InvalidArgument, NotFound, shorten
 
 OutputKind = Literal["dense", "binary"]
 
@@ -190,7 +190,7 @@ def strategy_class(name: str) -> type[Strategy]:
     except KeyError:
         valid = ", ".join(sorted(_REGISTRY)) or "(none)"
         raise NotFound(
-            f"unknown strategy {name!r}; valid strategies: {valid}", field="strategy"
+            f"unknown strategy {shorten(name)}; valid strategies: {valid}", field="strategy"
         ) from None
 
 

@@ -259,7 +259,7 @@ def test_manager_names_and_errors(manager: CollectionManager) -> None:
         manager.create("b", "btr", "binary", D, "hnsw")
     with pytest.raises(InvalidArgument, match="unknown index kind"):
         manager.create("b", "s", "dense", D, "annoy")
-    with pytest.raises(InvalidArgument, match="index config"):
+    with pytest.raises(InvalidArgument, match="nprobe=0 is out of range: use 1..65536"):
         manager.create("b", "s", "dense", D, "ivf", {"nprobe": 0})
     assert manager.list() == ["a-1_b.c"]
     col = manager.get("a-1_b.c")
