@@ -120,7 +120,7 @@ def cached_states(
         try:
             part = np.load(path)
         except (FileNotFoundError, ValueError, OSError):
-            seqs, _ = layer_inputs(backbone.tokenizer, texts[i : i + chunk], max_length)
+            seqs = layer_inputs(backbone.tokenizer, texts[i : i + chunk], max_length).ids
             part = layer_states(backbone, seqs, batch_size=32).astype(np.float16)
             _save_atomic(path, part)
         parts[i] = part
@@ -237,7 +237,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
 
     from embedsvc.backbones import load_backbone
     from embedsvc.config import default_cache_dir
-    from embedsvc.strategies._heads import HeadConfig, build_head, contrastive_loss
+    from embedsvc.strategies.mltp.model import HeadConfig, build_head, contrastive_loss
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)

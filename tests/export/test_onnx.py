@@ -10,10 +10,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+from embedsvc.export.runtime import OnnxStrategy, is_exportable, onnx_strategy  # noqa: E402
+
 from embedsvc.errors import InvalidArgument  # noqa: E402
 from embedsvc.eval.data import read_sts  # noqa: E402
 from embedsvc.export.onnx import MANIFEST, export_strategy, sha256_file  # noqa: E402
-from embedsvc.export.runtime import OnnxStrategy, is_exportable, onnx_strategy  # noqa: E402
 from embedsvc.strategies import Role, available_strategies, get_strategy  # noqa: E402
 
 STSB = Path("/work/shared/data/stsb/sts-dev.csv")
@@ -188,7 +189,7 @@ def test_mltp_head_parity_fp32(tmp_path):
     from safetensors.torch import save_file
 
     from embedsvc.strategies import create_strategy
-    from embedsvc.strategies._heads import HeadConfig, build_head
+    from embedsvc.strategies.mltp.model import HeadConfig, build_head
 
     artifact = tmp_path / "head"
     artifact.mkdir()

@@ -18,10 +18,11 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
+from embedsvc.export.runtime import OnnxStrategy, onnx_strategy  # noqa: E402
+
 from embedsvc.errors import FailedPrecondition  # noqa: E402
 from embedsvc.eval.data import read_sts  # noqa: E402
 from embedsvc.export.onnx import export_strategy, read_manifest  # noqa: E402
-from embedsvc.export.runtime import OnnxStrategy, onnx_strategy  # noqa: E402
 from embedsvc.strategies import Role, available_strategies, create_strategy  # noqa: E402
 
 STSB = Path("/work/shared/data/stsb/sts-dev.csv")

@@ -6,23 +6,25 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-
-from embedsvc.strategies._dupmae_model import (
-    DupMAEHeads,
+from trainlib.dupmae import (
     EnhancedDecoder,
-    TiedLMHead,
     bow_target,
-    combine,
     decoder_visibility,
-    hash_buckets,
-    hash_topk,
     max_over_tokens,
     max_over_tokens_argmax,
     mlm_corrupt,
-    ordinary_mask,
-    ot_topk,
     splade_max,
     whole_word_mask,
+)
+
+from embedsvc.strategies.dupmae.model import (
+    DupMAEHeads,
+    TiedLMHead,
+    combine,
+    hash_buckets,
+    hash_topk,
+    ordinary_mask,
+    ot_topk,
 )
 
 CLS, SEP, PAD = 101, 102, 0

@@ -9,7 +9,7 @@ Reference
     decoder; the last real token's state after every block is stacked into an ``L``-long
     sequence, a learned layer embedding is added, learned latent queries cross-attend to it
     (pre-norm cross-attention + GEGLU feed-forward block), the latents are averaged and the
-    result L2-normalised (``_heads.CrossAttentionPooling``).
+    result L2-normalised (``model.CrossAttentionPooling``).
 
     Registered beside it, for the paper's comparison, trained by the same command:
     ``m2`` -- the same head over the last layer's last-token state only (the paper's M2), and
@@ -35,26 +35,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
-from embedsvc.backbones import Backbone, load_backbone
+from embedsvc.backbones import Backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
-from embedsvc.strategies._decoder import build_batch, last_token_states
-from embedsvc.strategies._limits import apply_token_limit, check_texts
-from embedsvc.strategies.base import (
-    Embedding,
-    Role,
-    Strategy,
-    StrategyConfig,
-    register_strategy,
-)
+from embedsvc.strategies.base import Role, StrategyConfig, register_strategy
+from embedsvc.strategies.decoder.model import DecoderStatesCore
+from embedsvc.strategies.features import Features, pad_batch
+from embedsvc.strategies.hf import HFStrategy
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 HEAD_FILE = "head.safetensors"
 HEAD_CONFIG = "head_config.json"
 MANIFEST = "manifest.json"
@@ -75,8 +69,8 @@ def artifact_dir(name_or_path: str) -> Path:
     )
 
 
-def layer_inputs(tokenizer: Any, texts: list[str], limit: int) -> tuple[list[list[int]], list[int]]:
-    """``(ids, untruncated counts)``: each text's tokens (cut to ``limit - 1``) + EOS."""
+def layer_inputs(tokenizer: Any, texts: list[str], limit: int) -> Features:
+    """Each text's tokens (cut to ``limit - 1``) + EOS; counts untruncated (EOS included)."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise InvalidArgument("the backbone's tokenizer has no EOS token", field="backbone")
@@ -88,7 +82,7 @@ def layer_inputs(tokenizer: Any, texts: list[str], limit: int) -> tuple[list[lis
             ids = ids[:-1]
         counts.append(len(ids) + 1)
         seqs.append([*ids[: limit - 1], eos])
-    return seqs, counts
+    return Features(seqs, counts)
 
 
 def layer_states(
@@ -99,31 +93,29 @@ def layer_states(
     padding_side: Literal["left", "right"] = "right",
     last_only: bool = False,
 ) -> np.ndarray:
-    """Last-token states after every block, ``[n, L, d]`` float32 (``[n, 1, d]`` if last_only).
-
-    Entry ``L-1`` is the final (normed) layer, as the reference's ``hidden_states[1:]``.
-    """
-    import torch
+    """Last-token states after every block, ``[n, L, d]`` float32 (``[n, 1, d]`` if last_only):
+    the head's input, as the trainer precomputes it. Entry ``L-1`` is the final (normed) layer,
+    as the reference's ``hidden_states[1:]``."""
+    from embedsvc.strategies.runner import CoreExecutor, map_batches
 
     num_layers = backbone.num_layers
     layers = [num_layers] if last_only else list(range(1, num_layers + 1))
-    out = np.empty((len(seqs), len(layers), backbone.hidden_size), np.float32)
-    order = np.argsort(-np.asarray([len(s) for s in seqs]), kind="stable")
+    executor = CoreExecutor(DecoderStatesCore(backbone.model, layers).eval())
     pad = backbone.tokenizer.pad_token_id
-    with torch.inference_mode():
-        for start in range(0, len(seqs), batch_size):
-            idx = order[start : start + batch_size]
-            batch = build_batch([seqs[i] for i in idx], pad, padding_side)
-            states = last_token_states(backbone.model, batch, layers)
-            out[idx] = torch.stack([states[x] for x in layers], dim=1).float().numpy()
-    return out
+
+    def run(idx: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = pad_batch([seqs[i] for i in idx], pad, side=padding_side)
+        states = executor.run(feeds)["embedding"]
+        return {"states": states.reshape(len(idx), len(layers), -1)}
+
+    return map_batches([len(s) for s in seqs], run, batch_size)["states"]
 
 
 def load_head(directory: Path) -> tuple[Any, dict[str, Any]]:
     """``(head module in eval mode, manifest dict)`` from an artifact folder."""
     from safetensors.torch import load_file
 
-    from embedsvc.strategies._heads import HeadConfig, build_head
+    from embedsvc.strategies.mltp.model import HeadConfig, build_head
 
     cfg = HeadConfig.model_validate_json((directory / HEAD_CONFIG).read_text())
     head = build_head(cfg)
@@ -146,68 +138,52 @@ class PoolingHeadConfig(StrategyConfig):
     max_length: int = Field(512, ge=2)
 
 
-class _PoolingHeadStrategy(Strategy):
+class _PoolingHeadStrategy(HFStrategy):
     output_kind = "dense"
     config_cls = PoolingHeadConfig
     config: PoolingHeadConfig
     head_kind: str = "mltp"
+    _head: Any = None
+    _manifest: dict[str, Any] | None = None
+    _head_digest = ""
 
-    def __init__(self, config: PoolingHeadConfig | None = None, *, cache_dir: Path | None = None):
-        super().__init__(config)
-        self._cache_dir = cache_dir
-        self._backbone: Backbone | None = None
-        self._head: Any | None = None
-        self._manifest: dict[str, Any] = {}
-        self._head_digest = ""
-        self._lock = threading.Lock()
+    def check_backbone(self, backbone: Backbone) -> None:
+        want = self.manifest.get("backbone_fingerprint")
+        if want and want != backbone.fingerprint:
+            raise FailedPrecondition(
+                f"artifact {self.config.artifact!r} was trained on backbone fingerprint "
+                f"{want}, but {self.config.backbone!r} is {backbone.fingerprint}",
+                field="backbone",
+            )
+        head = self.head
+        if head.cfg.dim != backbone.hidden_size or (
+            self.head_kind == "mltp" and head.cfg.num_layers != backbone.num_layers
+        ):
+            raise FailedPrecondition(
+                "artifact head sizes do not match the backbone", field="artifact"
+            )
 
-    def _load(self) -> None:
-        with self._lock:
-            if self._head is not None:
-                return
-            directory = artifact_dir(self.config.artifact)
-            head, manifest = load_head(directory)
-            if head.cfg.kind != self.head_kind:
-                raise InvalidArgument(
-                    f"artifact {self.config.artifact!r} holds a {head.cfg.kind!r} head, "
-                    f"strategy {self.name!r} needs {self.head_kind!r}",
-                    field="artifact",
-                )
-            backbone = load_backbone(self.config.backbone, self._cache_dir)
-            want = manifest.get("backbone_fingerprint")
-            if want and want != backbone.fingerprint:
-                raise FailedPrecondition(
-                    f"artifact {self.config.artifact!r} was trained on backbone fingerprint "
-                    f"{want}, but {self.config.backbone!r} is {backbone.fingerprint}",
-                    field="backbone",
-                )
-            if head.cfg.dim != backbone.hidden_size or (
-                self.head_kind == "mltp" and head.cfg.num_layers != backbone.num_layers
-            ):
-                raise FailedPrecondition(
-                    "artifact head sizes do not match the backbone", field="artifact"
-                )
-            self._head_digest = hashlib.sha256((directory / HEAD_FILE).read_bytes()).hexdigest()
-            self._manifest = manifest
-            self._backbone = backbone
-            self._head = head
-
-    @property
-    def backbone(self) -> Backbone:
-        if self._backbone is None:
-            self._load()
-        return self._backbone  # type: ignore[return-value]
+    def _load_head(self) -> Any:
+        directory = artifact_dir(self.config.artifact)
+        head, manifest = load_head(directory)
+        if head.cfg.kind != self.head_kind:
+            raise InvalidArgument(
+                f"artifact {self.config.artifact!r} holds a {head.cfg.kind!r} head, "
+                f"strategy {self.name!r} needs {self.head_kind!r}",
+                field="artifact",
+            )
+        self._head_digest = hashlib.sha256((directory / HEAD_FILE).read_bytes()).hexdigest()
+        self._manifest = manifest
+        return head
 
     @property
     def head(self) -> Any:
-        if self._head is None:
-            self._load()
-        return self._head
+        return self.lazy("_head", self._load_head)
 
     @property
     def manifest(self) -> dict[str, Any]:
-        self._load()
-        return self._manifest
+        _ = self.head
+        return self._manifest or {}
 
     @property
     def dim(self) -> int:
@@ -218,8 +194,8 @@ class _PoolingHeadStrategy(Strategy):
         return min(self.config.max_length, self.backbone.max_length)
 
     @property
-    def fingerprint(self) -> str:
-        self._load()
+    def model_fingerprint(self) -> str:
+        _ = self.head
         key = "|".join(
             [
                 self.name,
@@ -231,11 +207,22 @@ class _PoolingHeadStrategy(Strategy):
         )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        texts = check_texts(texts)
-        if not texts:
-            return []
-        return layer_inputs(self.backbone.tokenizer, texts, 1 << 30)[1]
+    def pre(self, texts: list[str], role: Role) -> Features:
+        return layer_inputs(self.backbone.tokenizer, texts, self.max_tokens)
+
+    def collate(self, ids: list[list[int]]) -> dict[str, Any]:
+        return pad_batch(ids, self.pad_id, side=self.config.padding_side)
+
+    def build_core(self) -> DecoderStatesCore:
+        """Decoder + per-layer last-token gather + the trained head: one module."""
+        num_layers = self.backbone.num_layers
+        last_only = self.head_kind != "mltp"
+        layers = [num_layers] if last_only else list(range(1, num_layers + 1))
+        notes = (
+            "tokenisation, truncation and the appended EOS run in Python (pre)",
+            f"pooling head (artifact {self.config.artifact!r}) is in the graph",
+        )
+        return DecoderStatesCore(self.backbone.model, layers, head=self.head, notes=notes)
 
     def pool(self, states: np.ndarray) -> np.ndarray:
         """Head output for precomputed ``[n, L, d]`` (or ``[n, 1, d]``) states."""
@@ -244,36 +231,9 @@ class _PoolingHeadStrategy(Strategy):
         with torch.inference_mode():
             return self.head(torch.from_numpy(np.ascontiguousarray(states))).float().numpy()
 
-    def onnx_spec(self) -> Any:
-        """Export hook: decoder + per-layer last-token gather + the trained head, one graph."""
-        from embedsvc.export.modules import pooling_head_spec
-
-        return pooling_head_spec(self, last_only=self.head_kind != "mltp")
-
-    def encode(
-        self,
-        texts: list[str],
-        role: Role = Role.PASSAGE,
-        *,
-        normalize: bool = True,
-        truncate: bool = True,
-    ) -> Embedding:
-        texts = check_texts(texts)
-        dim = self.dim
-        if not texts:
-            return Embedding.empty("dense", dim)
-        limit = self.max_tokens
-        seqs, counts = layer_inputs(self.backbone.tokenizer, texts, limit)
-        seen, truncated = apply_token_limit(counts, limit, truncate)
-        states = layer_states(
-            self.backbone,
-            seqs,
-            batch_size=self.config.batch_size,
-            padding_side=self.config.padding_side,
-            last_only=self.head_kind != "mltp",
-        )
+    def post(self, outputs, feeds, role, normalize):  # type: ignore[no-untyped-def]
         # the head's output is unit-norm by construction (the paper's design)
-        return Embedding("dense", self.pool(states).astype(np.float32), dim, seen, truncated)
+        return np.asarray(outputs["embedding"], dtype=np.float32), None
 
 
 @register_strategy("mltp")

@@ -38,12 +38,9 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from embedsvc.strategies._decoder import (
-    PromptLastConfig,
-    PromptLastStrategy,
-    placeholder_vector,
-)
 from embedsvc.strategies.base import register_strategy
+from embedsvc.strategies.decoder.model import placeholder_vector
+from embedsvc.strategies.decoder.prompts import PromptLastConfig, PromptLastStrategy
 
 
 class TokenPrependingConfig(PromptLastConfig):

@@ -1,0 +1,67 @@
+"""Which executor serves a strategy: ``ServiceConfig.runtime`` (torch | onnx | onnx-int8).
+
+``serving_strategy(name, config)`` returns the strategy instance the engine serves: the shared
+torch instance, or -- for an ONNX runtime -- an instance of its own whose executor runs the
+exported graph. Nothing here exports: the export is an explicit step (``embedsvc export``, or
+the engine's start-up before health turns SERVING), so a request never waits for one; a
+strategy without an export is refused with the command that makes it.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from embedsvc.errors import FailedPrecondition, InvalidArgument
+from embedsvc.strategies import Strategy, create_strategy, get_strategy
+
+#: ServiceConfig.runtime values, and whether the ONNX ones use the int8 model
+RUNTIMES = {"torch": None, "onnx": False, "onnx-int8": True}
+
+_INSTANCES: dict[tuple[str, str], Strategy] = {}
+_LOCK = threading.Lock()
+
+
+def check_runtime(runtime: str) -> None:
+    if runtime not in RUNTIMES:
+        valid = ", ".join(RUNTIMES)
+        raise InvalidArgument(f"unknown runtime {runtime!r}; valid: {valid}", field="runtime")
+
+
+def onnx_folder(strategy: Strategy, config: Any) -> Any:
+    """The start-up export folder of ``strategy`` under ``config.cache_dir``."""
+    from embedsvc.runtimes.onnx import export_dir
+
+    return export_dir(config.cache_dir, strategy.name, strategy.model_fingerprint)
+
+
+def serving_strategy(name: str, config: Any) -> Strategy:
+    """The instance of strategy ``name`` that ``config.runtime`` serves (cached per process)."""
+    runtime = config.runtime
+    check_runtime(runtime)
+    base = get_strategy(name)
+    if runtime == "torch" or not base.exportable:
+        # model-free strategies (debug) have no graph: they are served as they are
+        return base
+    key = (name, runtime)
+    inst = _INSTANCES.get(key)
+    if inst is not None:
+        return inst
+    from embedsvc.runtimes.onnx import has_export, onnx_executor
+
+    int8 = bool(RUNTIMES[runtime])
+    folder = onnx_folder(base, config)
+    if not has_export(folder, int8):
+        raise FailedPrecondition(
+            f"strategy {name!r} has no {runtime} export in {folder}: exports run at start-up "
+            f"for preload_strategies (add {name!r} there), or `embedsvc export -s {name} -o "
+            f"{folder}{' --int8' if int8 else ''}`; a request never exports",
+            field="strategy",
+        )
+    with _LOCK:
+        inst = _INSTANCES.get(key)
+        if inst is None:
+            inst = create_strategy(name)
+            inst.use_executor(onnx_executor(folder, int8=int8, threads=config.torch_threads))
+            _INSTANCES[key] = inst
+    return inst
