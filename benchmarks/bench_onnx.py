@@ -101,8 +101,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from embedsvc.config import default_cache_dir
     from embedsvc.export.runtime import onnx_strategy
+
+    from embedsvc.config import default_cache_dir
     from embedsvc.strategies import get_strategy
 
     info = machine()

@@ -42,8 +42,7 @@ def compare(torch_s, served, texts: list[str]) -> dict:
     row = {"n": len(texts), "torch_s": round(t_torch, 2), "onnx_s": round(t_onnx, 2)}
     row["token_counts_equal"] = bool(np.array_equal(ref.token_counts, got.token_counts))
     if torch_s.output_kind == "binary":
-        from embedsvc.strategies._btr_codes import unpack_bits
-        from embedsvc.strategies.btr import decode_payload
+        from embedsvc.strategies.btr import decode_payload, unpack_bits
 
         a, b = unpack_bits(ref.vectors, torch_s.dim), unpack_bits(got.vectors, torch_s.dim)
         row["code_bits_equal"] = float((a == b).mean())
@@ -76,8 +75,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from embedsvc.export.onnx import MODEL_FP32, export_strategy
     from embedsvc.export.runtime import OnnxStrategy
+
+    from embedsvc.export.onnx import MODEL_FP32, export_strategy
     from embedsvc.strategies import create_strategy
 
     texts = sentences(args.n)

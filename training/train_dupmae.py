@@ -2,7 +2,8 @@
 
 Reference
     Xiao et al., "RetroMAE-2: Duplex Masked Auto-Encoder" (ACL 2023); staoxiao/RetroMAE
-    ``src/pretrain/modeling_duplex.py`` (re-derived in ``embedsvc/strategies/dupmae/model.py`` and ``trainlib/dupmae.py``).
+    ``src/pretrain/modeling_duplex.py`` (re-derived in ``embedsvc/strategies/dupmae/model.py``
+    and ``trainlib/dupmae.py``).
 
 Two sub-commands, one config model each (written to ``<out>/config.json``):
 

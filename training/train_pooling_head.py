@@ -36,6 +36,9 @@ from tqdm import tqdm
 
 from embedsvc.checksums import sha256_file
 
+# training-only helpers live beside the trainers (training/trainlib), not in embedsvc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 DATA = Path("/work/shared/data")
 
 
@@ -234,10 +237,11 @@ def _select(states: np.ndarray, idx: np.ndarray, kind: str) -> Any:
 
 def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) -> dict[str, Any]:
     import torch
+    from trainlib.losses import contrastive_loss
 
     from embedsvc.backbones import load_backbone
     from embedsvc.config import default_cache_dir
-    from embedsvc.strategies.mltp.model import HeadConfig, build_head, contrastive_loss
+    from embedsvc.strategies.mltp.model import HeadConfig, build_head
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)

@@ -1,5 +1,8 @@
 """Test engines: ``debug`` (dense) and ``debug_binary`` (binary). They load no model.
 
+Having no core module, they are the one kind of strategy that writes ``encode`` itself instead
+of the pre/core/post stages (there is nothing for a runtime to execute or export).
+
 Like infinity's debug engine, these exist so that server, batching, caching, index and error tests
 run in milliseconds. They are deterministic across processes and platforms (words are hashed with
 blake2b, never Python's salted ``hash()``), and texts that share words get similar vectors, so a
@@ -20,7 +23,7 @@ from functools import lru_cache
 import numpy as np
 from pydantic import Field
 
-from embedsvc.strategies._limits import apply_token_limit, check_texts
+from embedsvc.strategies.features import apply_token_limit, check_texts
 from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
 
 DENSE_DIM = 32
@@ -79,7 +82,7 @@ class _DebugBase(Strategy):
         return self.config.max_length
 
     @property
-    def fingerprint(self) -> str:
+    def model_fingerprint(self) -> str:
         key = f"{self.name}|v1|{self.config.max_length}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 

@@ -101,8 +101,7 @@ def test_dupmae_graph_has_topk_and_scatter_add(tmp_path):
 
 
 def test_btr_codes_and_payloads_match_torch(tmp_path):
-    from embedsvc.strategies._btr_codes import unpack_bits
-    from embedsvc.strategies.btr import decode_payload
+    from embedsvc.strategies.btr import decode_payload, unpack_bits
 
     torch_s = _strategy("btr")
     export_strategy(torch_s, tmp_path)

@@ -11,22 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trainlib.btr import fit_calibration, fit_projection
 
 from embedsvc.collections import CollectionManager
 from embedsvc.engine import Engine
-from embedsvc.strategies._btr_codes import (
+from embedsvc.strategies.base import Embedding, Strategy
+from embedsvc.strategies.btr import decode_payload, encode_payload, pack_bits, unpack_bits
+from embedsvc.strategies.btr.model import (
     Calibration,
     binarize_hashnet,
     binarize_ste,
-    fit_calibration,
-    fit_projection,
     naive_roundtrip,
-    pack_bits,
     sentence_bits,
-    unpack_bits,
 )
-from embedsvc.strategies.base import Embedding, Strategy
-from embedsvc.strategies.btr import decode_payload, encode_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 

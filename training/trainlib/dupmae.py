@@ -182,5 +182,3 @@ def sparse_from_topk(values: torch.Tensor, indices: torch.Tensor, vocab: int) ->
     """``[B, V]`` dense copy of a top-k vector (training scores it exactly, without hashing)."""
     out = torch.zeros(values.shape[0], vocab, dtype=values.dtype, device=values.device)
     return out.scatter(1, indices, values)
-
-

@@ -33,7 +33,7 @@ from typing import Any
 
 from pydantic import Field, create_model
 
-from embedsvc.backbones import Backbone, load_backbone
+from embedsvc.backbones import Backbone
 from embedsvc.errors import FailedPrecondition
 from embedsvc.strategies.base import StrategyConfig, register_strategy
 from embedsvc.strategies.hf import HFStrategy

@@ -4,7 +4,7 @@ Reference
     Cao et al., "BTR: Binary Token Representations for Efficient Retrieval Augmented Language
     Models" (ICLR 2024, arXiv 2310.01329). The official repo (csarron/BTR) holds only a README,
     so every detail below is our choice; binarisation follows BPR (studio-ousia/bpr). See
-    ``_btr_codes`` for the calibration maths and ``training/train_btr.py`` for the objective.
+    ``model.py`` for the calibration maths and ``training/train_btr.py`` for the objective.
 
 Inputs / Outputs
     ``encode(texts, role)`` -> ``binary`` embedding: ``bits``-wide sentence codes (sign of the
@@ -33,21 +33,21 @@ from __future__ import annotations
 import hashlib
 import json
 import struct
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from embedsvc.backbones import Backbone, load_backbone
+from embedsvc.backbones import Backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
-from embedsvc.strategies._batches import length_sorted_batches
-from embedsvc.strategies._btr_codes import pack_bits, unpack_bits
-from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
-from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
+from embedsvc.strategies.base import Role, StrategyConfig, register_strategy
+from embedsvc.strategies.core import ENCODER_INPUTS
+from embedsvc.strategies.features import check_texts
+from embedsvc.strategies.hf import HFStrategy
+from embedsvc.strategies.runner import Runner, map_batches
 
-DEFAULT_ARTIFACT = Path(__file__).resolve().parents[1] / "artifacts" / "btr"
+DEFAULT_ARTIFACT = Path(__file__).resolve().parents[2] / "artifacts" / "btr"
 #: payload header: magic, format version, token count, hidden size
 _HEADER = struct.Struct("<4sBHH")
 _MAGIC = b"BTR1"
@@ -61,6 +61,16 @@ class BTRConfig(StrategyConfig):
     max_length: int | None = Field(None, ge=2)
     rerank_depth: int = Field(100, ge=0)
     reconstruction: str = Field("trained", pattern="^(trained|calibrated|naive)$")
+
+
+def pack_bits(bits: np.ndarray) -> np.ndarray:
+    """bool/0-1 ``[..., d]`` -> uint8 ``[..., d/8]`` (numpy packbits, big-endian bit order)."""
+    return np.packbits(np.asarray(bits, dtype=bool), axis=-1)
+
+
+def unpack_bits(codes: np.ndarray, dim: int) -> np.ndarray:
+    """uint8 ``[..., d/8]`` -> bool ``[..., d]``; inverse of :func:`pack_bits`."""
+    return np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=-1, count=dim).astype(bool)
 
 
 def encode_payload(bits: np.ndarray, scales: np.ndarray) -> bytes:
@@ -86,20 +96,14 @@ def decode_payload(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 @register_strategy("btr")
-class BinaryTokenRepresentations(Strategy):
+class BinaryTokenRepresentations(HFStrategy):
     """Binary sentence codes for Hamming search + token codes for re-ranking (see module doc)."""
 
     output_kind = "binary"
     config_cls = BTRConfig
     description = "BTR: binary token codes (cut layer) + 256-bit sentence codes, re-ranking"
     config: BTRConfig
-
-    def __init__(self, config: BTRConfig | None = None, *, cache_dir: Path | None = None) -> None:
-        super().__init__(config)
-        self._cache_dir = cache_dir
-        self._backbone: Backbone | None = None
-        self._parts: dict[str, Any] | None = None
-        self._lock = threading.Lock()
+    _parts: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loading
     @property
@@ -107,35 +111,36 @@ class BinaryTokenRepresentations(Strategy):
         return Path(self.config.artifact) if self.config.artifact else DEFAULT_ARTIFACT
 
     @property
-    def backbone(self) -> Backbone:
-        self._load()
-        assert self._backbone is not None
-        return self._backbone
+    def source(self) -> Path | None:
+        return self.artifact_dir
 
-    def _load(self) -> dict[str, Any]:
-        if self._parts is None:
-            with self._lock:
-                if self._parts is None:
-                    self._parts = self._load_parts()
-        return self._parts
+    def check_backbone(self, backbone: Backbone) -> None:
+        cut = int(self._config()["cut"])
+        if cut >= backbone.num_layers:
+            raise InvalidArgument(f"cut {cut} must be below {backbone.num_layers} layers")
 
-    def _load_parts(self) -> dict[str, Any]:
-        import torch
-
-        from embedsvc.strategies._btr_codes import Calibration
-
+    def _config(self) -> dict[str, Any]:
         folder = self.artifact_dir
         if not (folder / "btr.npz").is_file():
             raise FailedPrecondition(
                 f"BTR artifact missing in {folder}; build it with "
                 "`.venv/bin/python training/train_btr.py --ship`"
             )
-        cfg = json.loads((folder / "btr_config.json").read_text())
+        return json.loads((folder / "btr_config.json").read_text())
+
+    def _load(self) -> dict[str, Any]:
+        return self.lazy("_parts", self._load_parts)
+
+    def _load_parts(self) -> dict[str, Any]:
+        import torch
+
+        from embedsvc.strategies.btr.model import Calibration
+
+        folder = self.artifact_dir
+        cfg = self._config()
         with np.load(folder / "btr.npz") as z:
             arrays = {k: z[k] for k in z.files}
-        bb = load_backbone(self.config.backbone, self._cache_dir)
-        if cfg["cut"] >= bb.num_layers:
-            raise InvalidArgument(f"cut {cfg['cut']} must be below {bb.num_layers} layers")
+        _ = self.backbone
         calib = Calibration(arrays["centre"], np.exp(arrays["log_mag"]), int(cfg["rank"]))
         state = {k: torch.from_numpy(v) for k, v in arrays.items() if k in calib.state_dict()}
         calib.load_state_dict(state)
@@ -147,7 +152,6 @@ class BinaryTokenRepresentations(Strategy):
             calib = Calibration(c0, m0, 0)
         calib.eval()
         digest = hashlib.sha256((folder / "btr.npz").read_bytes()).hexdigest()[:16]
-        self._backbone = bb
         return {
             "cut": int(cfg["cut"]),
             "bits": int(cfg["bits"]),
@@ -160,14 +164,14 @@ class BinaryTokenRepresentations(Strategy):
     # ---------------------------------------------------------------- contract
     @property
     def dim(self) -> int:
-        return int(self._load()["bits"])
+        return int(self._config()["bits"])
 
     @property
     def max_tokens(self) -> int:
         return self.config.max_length or self.backbone.max_length
 
     @property
-    def rescore_depth(self) -> int:
+    def rescore_depth(self) -> int:  # type: ignore[override]
         return self.config.rerank_depth
 
     @property
@@ -175,7 +179,7 @@ class BinaryTokenRepresentations(Strategy):
         return int(self._load()["cut"])
 
     @property
-    def fingerprint(self) -> str:
+    def model_fingerprint(self) -> str:
         p = self._load()
         key = (
             f"btr|{self.backbone.fingerprint}|{p['digest']}|{p['cut']}|{p['bits']}|"
@@ -183,154 +187,100 @@ class BinaryTokenRepresentations(Strategy):
         )
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
-    def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        return count_with_specials(self.backbone.tokenizer, texts)
+    def build_core(self) -> Any:
+        """Split encoder, sentence-code projection and token codes: one module."""
+        from embedsvc.strategies.btr.model import BTRCore
 
-    def onnx_spec(self) -> Any:
-        """Export hook: split encoder, sentence-code projection and token codes in the graph;
-        bit packing in Python (``embedsvc.export.trained_modules.btr_spec``)."""
-        from embedsvc.export.trained_modules import btr_spec
-
-        return btr_spec(self)
-
-    def _batches(self, texts: list[str], truncate: bool):
-        """Yield ``(indices, tokenizer output)`` longest first; also returns the limit stats."""
-        counts = self.count_tokens(texts)
-        seen, truncated = apply_token_limit(counts, self.max_tokens, truncate)
-        batches = length_sorted_batches(
-            self.backbone.tokenizer, texts, counts, self.config.batch_size, self.max_tokens
+        p = self._load()
+        tok = self.backbone.tokenizer
+        names = tuple(n for n in ENCODER_INPUTS if n in tok.model_input_names)
+        notes = (
+            "tokenisation and truncation run in Python (tokenizer files saved beside)",
+            "in the graph: MiniLM split at the cut layer, masked mean, L2 norm, the sentence-code "
+            "projection ((e - mu) P^T) and the calibrated token binarisation "
+            "(token_bits = h - centre >= 0, token_scales)",
+            "in Python (post): sign + numpy packbits of the sentence code, and the payload bytes",
+            "re-ranking (rescore) runs the torch upper blocks on the stored codes",
         )
-        return list(batches), seen, truncated
+        model = self.backbone.model
+        return BTRCore(model, p["cut"], p["calib"], p["proj_centre"], p["projection"], names, notes)
 
-    def encode(
-        self,
-        texts: list[str],
-        role: Role = Role.PASSAGE,
-        *,
-        normalize: bool = True,
-        truncate: bool = True,
-    ) -> Embedding:
-        """Sentence codes (binary); passages also get their token codes as ``payloads``."""
-        texts = check_texts(texts)
-        bits = self.dim
-        if not texts:
-            return Embedding.empty("binary", bits)
-        codes, payloads, _, seen, truncated = self.index_passages(
-            texts, truncate=truncate, payloads=role == Role.PASSAGE
-        )
-        emb = Embedding("binary", codes, bits, seen, truncated)
-        emb.payloads = payloads
-        return emb
+    @staticmethod
+    def payloads_of(outputs: dict[str, Any], mask: np.ndarray) -> list[bytes]:
+        bits, scales = outputs["token_bits"], outputs["token_scales"]
+        return [encode_payload(bits[j][mask[j]], scales[j][mask[j]]) for j in range(len(mask))]
+
+    def post(self, outputs, feeds, role, normalize):  # type: ignore[no-untyped-def]
+        """Sentence codes (sign of the projection, packed); passages also get their token codes
+        as payloads."""
+        codes = pack_bits(np.asarray(outputs["projection"]) >= 0)
+        if role != Role.PASSAGE:
+            return codes, None
+        return codes, self.payloads_of(outputs, feeds["attention_mask"].astype(bool))
 
     def index_passages(self, texts: list[str], *, truncate: bool = True, payloads: bool = True):
         """One forward per batch gives everything indexing needs: ``(sentence codes uint8
         [n, bits/8], token-code payloads or None, float pooled embeddings [n, d] (normalised:
         the ``mean`` baseline's vectors), token counts, truncated counts)``."""
-        import torch
-
-        from embedsvc.strategies._btr_codes import (
-            lower_states,
-            masked_mean,
-            sentence_bits,
-            upper_states,
+        per_token = ("token_bits", "token_scales") if payloads else ()
+        out, seen, truncated = Runner(self).outputs(
+            check_texts(texts), Role.PASSAGE, truncate=truncate, per_token=per_token
         )
-
-        p = self._load()
-        batches, seen, truncated = self._batches(check_texts(texts), truncate)
-        codes = np.empty((len(texts), p["bits"] // 8), dtype=np.uint8)
-        floats = np.empty((len(texts), self.backbone.hidden_size), dtype=np.float32)
-        out: list[bytes] = [b""] * len(texts)
-        model, cut, calib = self.backbone.model, p["cut"], p["calib"]
-        with torch.inference_mode():
-            for idx, enc in batches:
-                mask = enc["attention_mask"]
-                low = lower_states(model, enc["input_ids"], mask, cut, enc.get("token_type_ids"))
-                pooled = masked_mean(upper_states(model, low, mask, cut), mask)
-                pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                floats[idx] = pooled.numpy()
-                sb = sentence_bits(pooled, p["proj_centre"], p["projection"])
-                codes[idx] = pack_bits(sb.numpy())
-                if payloads:
-                    tb, ts = calib.encode(low)
-                    for j, i in enumerate(idx):
-                        n = int(mask[j].sum())
-                        out[i] = encode_payload(tb[j, :n].numpy(), ts[j, :n].numpy())
-        return codes, (out if payloads else None), floats, seen, truncated
+        codes = pack_bits(out["projection"] >= 0)
+        pays = None
+        if payloads:
+            pays = [
+                encode_payload(b, s)
+                for b, s in zip(out["token_bits"], out["token_scales"], strict=True)
+            ]
+        return codes, pays, out["pooled"], seen, truncated
 
     # ------------------------------------------------------------ re-ranking
     def token_codes(self, texts: list[str]) -> list[bytes]:
-        """Token-code payloads of ``texts`` (lower blocks only: what indexing stores)."""
-        import torch
-
-        from embedsvc.strategies._btr_codes import lower_states
-
-        texts = check_texts(texts)
-        p = self._load()
-        out: list[bytes] = [b""] * len(texts)
-        batches, _, _ = self._batches(texts, True)
-        with torch.inference_mode():
-            for idx, enc in batches:
-                mask = enc["attention_mask"]
-                low = lower_states(
-                    self.backbone.model, enc["input_ids"], mask, p["cut"], enc.get("token_type_ids")
-                )
-                tb, ts = p["calib"].encode(low)
-                for j, i in enumerate(idx):
-                    n = int(mask[j].sum())
-                    out[i] = encode_payload(tb[j, :n].numpy(), ts[j, :n].numpy())
-        return out
+        """Token-code payloads of ``texts`` (what indexing stores)."""
+        return self.index_passages(texts)[1] or []
 
     def reembed(self, payloads: list[bytes], normalize: bool = True) -> np.ndarray:
         """Dense float32 [n, d] embeddings recomputed from token codes (upper blocks only)."""
         import torch
+        import torch.nn.functional as F
 
-        from embedsvc.strategies._btr_codes import masked_mean, naive_roundtrip, upper_states
+        from embedsvc.backbones.layers import upper_states
+        from embedsvc.strategies.btr.model import naive_roundtrip
+        from embedsvc.strategies.pooling import masked_mean
 
         p = self._load()
         d = self.backbone.hidden_size
-        out = np.empty((len(payloads), d), dtype=np.float32)
         decoded = [decode_payload(x) for x in payloads]
-        order = np.argsort([-b.shape[0] for b, _ in decoded], kind="stable")
-        bs = self.config.batch_size
-        with torch.inference_mode():
-            for start in range(0, len(order), bs):
-                idx = order[start : start + bs]
-                n = max(decoded[i][0].shape[0] for i in idx)
-                signs = torch.zeros(len(idx), n, d)
-                scales = torch.zeros(len(idx), n)
-                mask = torch.zeros(len(idx), n, dtype=torch.long)
-                for j, i in enumerate(idx):
-                    b, s = decoded[i]
-                    signs[j, : len(s)] = torch.from_numpy(b.astype(np.float32) * 2 - 1)
-                    scales[j, : len(s)] = torch.from_numpy(s)
-                    mask[j, : len(s)] = 1
+
+        def run(idx: np.ndarray) -> dict[str, np.ndarray]:
+            n = max(decoded[i][0].shape[0] for i in idx)
+            signs = torch.zeros(len(idx), n, d)
+            scales = torch.zeros(len(idx), n)
+            mask = torch.zeros(len(idx), n, dtype=torch.long)
+            for j, i in enumerate(idx):
+                b, s = decoded[i]
+                signs[j, : len(s)] = torch.from_numpy(b.astype(np.float32) * 2 - 1)
+                scales[j, : len(s)] = torch.from_numpy(s)
+                mask[j, : len(s)] = 1
+            with torch.inference_mode():
                 if self.config.reconstruction == "naive":
                     h = naive_roundtrip(signs)
                 else:
                     h = p["calib"].reconstruct(signs, scales)
                 pooled = masked_mean(upper_states(self.backbone.model, h, mask, p["cut"]), mask)
                 if normalize:
-                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[idx] = pooled.numpy()
-        return out
+                    pooled = F.normalize(pooled, dim=-1)
+            return {"vec": pooled.numpy()}
+
+        if not decoded:
+            return np.zeros((0, d), np.float32)
+        lengths = [b.shape[0] for b, _ in decoded]
+        return map_batches(lengths, run, self.batch_size)["vec"]
 
     def query_vectors(self, texts: list[str]) -> np.ndarray:
         """Float (not binarised) query embeddings: the full model, mean pooled, normalised."""
-        import torch
-
-        from embedsvc.strategies._btr_codes import lower_states, masked_mean, upper_states
-
-        p = self._load()
-        out = np.empty((len(texts), self.backbone.hidden_size), dtype=np.float32)
-        batches, _, _ = self._batches(check_texts(texts), True)
-        with torch.inference_mode():
-            for idx, enc in batches:
-                mask = enc["attention_mask"]
-                m = self.backbone.model
-                low = lower_states(m, enc["input_ids"], mask, p["cut"], enc.get("token_type_ids"))
-                pooled = masked_mean(upper_states(m, low, mask, p["cut"]), mask)
-                out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
-        return out
+        return Runner(self).outputs(check_texts(texts), Role.QUERY)[0]["pooled"]
 
     def rescore(self, queries: list[str], candidates: list[list[bytes]]) -> list[np.ndarray]:
         """Cosine of each float query embedding to its candidates re-embedded from codes."""
