@@ -1,7 +1,7 @@
 """Parity of ONNX fp32 with torch, per strategy, on STS-B dev sentences (one line each).
 
 Exports each strategy into a temporary folder (or ``--out/<name>``), serves it with
-``OnnxStrategy`` and compares ``encode`` with the torch strategy on the same texts: min / mean
+the export's ONNX executor (``runtimes.base.load_export``) and compares ``encode`` with the torch strategy on the same texts: min / mean
 cosine for dense strategies; for binary ones (``btr``) the fraction of equal sentence-code bits
 and of equal token-code payload bits (+ the largest fp16 scale difference). Also prints the
 graph size and the export-time parity recorded in the manifest. Not a speed benchmark.
@@ -75,9 +75,8 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from embedsvc.export.runtime import OnnxStrategy
-
     from embedsvc.export.onnx import MODEL_FP32, export_strategy
+    from embedsvc.runtimes.base import load_export
     from embedsvc.strategies import create_strategy
 
     texts = sentences(args.n)
@@ -89,10 +88,10 @@ def main() -> None:
             start = time.perf_counter()
             manifest = export_strategy(strategy, folder)
             export_s = time.perf_counter() - start
-            served = OnnxStrategy(strategy, folder, threads=args.threads)
+            served = load_export(folder, threads=args.threads)
             row = {"strategy": name, "export_s": round(export_s, 1)}
             row["graph_mb"] = round((folder / MODEL_FP32).stat().st_size / 1e6, 1)
-            row["export_parity"] = manifest["parity"]["fp32_min_cosine"]
+            row["export_parity"] = manifest["parity"]["fp32"]
             row.update(compare(strategy, served, texts))
         rows.append(row)
         print(json.dumps(row), flush=True)

@@ -369,7 +369,8 @@ def ship_artifact(
     """Write ``embedsvc/artifacts/<name>/`` (or the folder ``name`` if it has a ``/``)."""
     from safetensors.torch import save_file
 
-    from embedsvc.strategies.mltp import ARTIFACTS, HEAD_CONFIG, HEAD_FILE, MANIFEST
+    from embedsvc.strategies.artifacts import ARTIFACTS, MANIFEST
+    from embedsvc.strategies.mltp import HEAD_CONFIG, HEAD_FILE
 
     folder = Path(name) if "/" in name else ARTIFACTS / name
     folder.mkdir(parents=True, exist_ok=True)

@@ -115,7 +115,7 @@ def quantize_model_int8(src: Path, dst: Path, keep_float: tuple[str, ...] = ()) 
 
     It drifts (min cosine ~0.91 vs fp32 on MiniLM passages), so it is gated by STS Spearman in
     the tests, not by cosine. MatMuls whose node name contains one of ``keep_float``
-    (``OnnxSpec.int8_keep_float``) stay float.
+    (``CoreModule.int8_keep_float``) stay float.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic

@@ -65,3 +65,23 @@ def serving_strategy(name: str, config: Any) -> Strategy:
             inst.use_executor(onnx_executor(folder, int8=int8, threads=config.torch_threads))
             _INSTANCES[key] = inst
     return inst
+
+
+def load_export(directory: Any, *, int8: bool = False, threads: int | None = None) -> Strategy:
+    """Serve an ``embedsvc export`` folder: the strategy rebuilt from its manifest's name and
+    config, with the folder's graph as its executor (pre and post stay the strategy's)."""
+    import logging
+
+    from embedsvc.runtimes.onnx import onnx_executor, read_manifest
+
+    info = read_manifest(directory)["strategy"]
+    inst = create_strategy(info["name"], **info["config"])
+    if inst.model_fingerprint != info["fingerprint"]:
+        logging.getLogger(__name__).warning(
+            "%s was exported from weights/config %s; the local strategy is %s",
+            directory,
+            info["fingerprint"],
+            inst.model_fingerprint,
+        )
+    inst.use_executor(onnx_executor(directory, int8=int8, threads=threads))
+    return inst

@@ -13,89 +13,17 @@ import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel
 
 from embedsvc.errors import InvalidArgument, NotFound
+from embedsvc.strategies.embedding import Embedding, OutputKind, Role
 from embedsvc.strategies.features import Features, check_texts, pad_batch
 from embedsvc.strategies.pooling import l2_normalize
 from embedsvc.strategies.runner import CoreExecutor, Executor, Runner
-
-OutputKind = Literal["dense", "binary"]
-
-
-class Role(str, Enum):
-    """Who the text is: a search query or a stored passage (some strategies treat them apart)."""
-
-    QUERY = "query"
-    PASSAGE = "passage"
-
-
-@dataclass
-class Embedding:
-    """What a strategy returns for ``n`` texts.
-
-    ``vectors`` is float32 ``[n, dim]`` for ``dense`` and uint8 ``[n, dim // 8]`` (bit-packed,
-    ``numpy.packbits`` order) for ``binary``. ``token_counts[i]`` is how many tokens of text ``i``
-    the model saw; ``truncated_tokens[i]`` how many were dropped to fit the model's limit.
-    """
-
-    kind: OutputKind
-    vectors: np.ndarray
-    dim: int
-    token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    truncated_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    #: seconds spent per stage (queue, tokenize, inference), filled in by the serving path
-    timings: dict[str, float] = field(default_factory=dict)
-    #: optional per-text bytes a collection stores beside each document and hands back to
-    #: ``Strategy.rescore`` (e.g. BTR token codes); None for strategies without one
-    payloads: list[bytes] | None = None
-
-    def __len__(self) -> int:
-        return int(self.vectors.shape[0])
-
-    @staticmethod
-    def empty(kind: OutputKind, dim: int) -> Embedding:
-        """The embedding of no texts (``[0, dim]`` floats or ``[0, dim // 8]`` packed bits)."""
-        if kind == "binary":
-            vectors = np.zeros((0, dim // 8), np.uint8)
-        else:
-            vectors = np.zeros((0, dim), np.float32)
-        none = np.zeros(0, dtype=np.int64)
-        return Embedding(kind, vectors, dim, none, none.copy())
-
-    def slice(self, start: int, stop: int) -> Embedding:
-        return Embedding(
-            self.kind,
-            self.vectors[start:stop],
-            self.dim,
-            self.token_counts[start:stop],
-            self.truncated_tokens[start:stop],
-            payloads=None if self.payloads is None else self.payloads[start:stop],
-        )
-
-    @staticmethod
-    def concat(parts: list[Embedding]) -> Embedding:
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        first = parts[0]
-        return Embedding(
-            first.kind,
-            np.concatenate([p.vectors for p in parts]),
-            first.dim,
-            np.concatenate([p.token_counts for p in parts]),
-            np.concatenate([p.truncated_tokens for p in parts]),
-            payloads=(
-                None
-                if any(p.payloads is None for p in parts)
-                else [x for p in parts for x in p.payloads]  # type: ignore[union-attr]
-            ),
-        )
 
 
 class StrategyConfig(BaseModel):
@@ -154,8 +82,7 @@ class Strategy(ABC):
         executor = self._executor
         if executor is None or executor.name == "torch":
             return self.model_fingerprint
-        key = f"{self.model_fingerprint}|{executor.name}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(self.model_fingerprint, executor.name)
 
     # -- the three stages ----------------------------------------------------------------------
 
@@ -167,16 +94,30 @@ class Strategy(ABC):
         """The core module (built once, on first use of :attr:`core`); None = no model."""
         return None
 
+    def lazy(self, attr: str, load: Any) -> Any:
+        """``getattr(self, attr)``, set by ``load()`` on first use under the instance's lock
+        (models, artifacts, the core: everything a strategy loads lazily, loaded once)."""
+        value = getattr(self, attr, None)
+        if value is None:
+            with self._load_lock:
+                value = getattr(self, attr, None)
+                if value is None:
+                    value = load()
+                    setattr(self, attr, value)
+        return value
+
+    @staticmethod
+    def digest(*parts: object) -> str:
+        """A short sha256 of ``parts`` joined by ``|`` (what fingerprints are made of)."""
+        return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
     @property
     def core(self) -> Any:
-        if self._core is None:
-            with self._load_lock:
-                if self._core is None:
-                    core = self.build_core()
-                    if core is not None:
-                        core.eval()
-                    self._core = core
-        return self._core
+        def build() -> Any:
+            core = self.build_core()
+            return core.eval() if core is not None else None
+
+        return self.lazy("_core", build)
 
     @property
     def pad_id(self) -> int:
@@ -212,11 +153,7 @@ class Strategy(ABC):
     @property
     def executor(self) -> Executor:
         """What runs the core: the in-process torch module unless a runtime set another."""
-        if self._executor is None:
-            with self._load_lock:
-                if self._executor is None:
-                    self._executor = CoreExecutor(self.core)
-        return self._executor
+        return self.lazy("_executor", lambda: CoreExecutor(self.core))
 
     def use_executor(self, executor: Executor) -> None:
         """Run the core elsewhere (``embedsvc.runtimes``): pre and post stay the same code."""

@@ -50,16 +50,14 @@ class HFStrategy(Strategy):
     def source(self) -> Path | None:
         return self.backbone.source
 
-    def lazy(self, attr: str, load: Any) -> Any:
-        """``getattr(self, attr)``, set by ``load()`` on first use under the instance's lock."""
-        value = getattr(self, attr, None)
-        if value is None:
-            with self._load_lock:
-                value = getattr(self, attr, None)
-                if value is None:
-                    value = load()
-                    setattr(self, attr, value)
-        return value
+    @property
+    def dim(self) -> int:
+        return self.backbone.hidden_size
+
+    @property
+    def max_tokens(self) -> int:
+        """The config's ``max_length``, else the backbone's served limit."""
+        return getattr(self.config, "max_length", None) or self.backbone.max_length
 
     def pre(self, texts: list[str], role: Role) -> Features:
         return tokenize(self.backbone.tokenizer, texts, self.max_tokens)

@@ -7,8 +7,6 @@ measured against exactly what users of sentence-transformers get today.
 
 from __future__ import annotations
 
-import hashlib
-
 from pydantic import Field
 
 from embedsvc.backbones import Backbone
@@ -47,17 +45,9 @@ class MeanPooling(HFStrategy):
             )
 
     @property
-    def dim(self) -> int:
-        return self.backbone.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        return self.config.max_length or self.backbone.max_length
-
-    @property
     def model_fingerprint(self) -> str:
         key = f"mean|{self.backbone.fingerprint}|{self.max_tokens}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
     def build_core(self) -> MeanPoolCore:
         tok = self.backbone.tokenizer

@@ -13,14 +13,12 @@ An executor is anything with ``run(feeds) -> outputs`` (numpy dicts named by the
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from embedsvc.strategies.embedding import Embedding, Role
 from embedsvc.strategies.features import apply_token_limit, check_texts
-
-if TYPE_CHECKING:
-    from embedsvc.strategies.base import Embedding, Role, Strategy
 
 
 class Executor(Protocol):
@@ -97,7 +95,8 @@ def map_batches(
 class Runner:
     """Encode texts with ``strategy`` through ``executor`` (default: the strategy's own)."""
 
-    def __init__(self, strategy: Strategy, executor: Executor | None = None) -> None:
+    def __init__(self, strategy: Any, executor: Executor | None = None) -> None:
+        """``strategy``: a :class:`~embedsvc.strategies.base.Strategy` (its three stages)."""
         self.strategy = strategy
         self.executor = executor if executor is not None else strategy.executor
 
@@ -139,8 +138,6 @@ class Runner:
         normalize: bool = True,
         truncate: bool = True,
     ) -> Embedding:
-        from embedsvc.strategies.base import Embedding
-
         s = self.strategy
         texts = check_texts(texts)
         if not texts:

@@ -134,7 +134,7 @@ class _FakeRescorer(Strategy):
 
     dim = 8  # type: ignore[assignment]
     max_tokens = 16  # type: ignore[assignment]
-    fingerprint = "fake"  # type: ignore[assignment]
+    model_fingerprint = "fake"  # type: ignore[assignment]
 
     def count_tokens(self, texts, role=None):
         return [1] * len(texts)

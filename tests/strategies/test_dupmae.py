@@ -170,7 +170,7 @@ def test_strategy_missing_artifact_says_how_to_build(tmp_path) -> None:
 @pytest.mark.slow
 def test_shipped_strategy_encodes_unit_vectors() -> None:
     from embedsvc.strategies import create_strategy
-    from embedsvc.strategies.dupmae import ARTIFACTS
+    from embedsvc.strategies.artifacts import ARTIFACTS
 
     if not (ARTIFACTS / "dupmae/pretrained/head_config.json").is_file():
         pytest.skip("dupmae/pretrained artifact not built")
@@ -184,7 +184,7 @@ def test_shipped_strategy_encodes_unit_vectors() -> None:
 @pytest.mark.slow
 def test_more_hash_buckets_bring_the_ot_channel_closer_to_exact_sparse_scores() -> None:
     from embedsvc.strategies import create_strategy
-    from embedsvc.strategies.dupmae import ARTIFACTS
+    from embedsvc.strategies.artifacts import ARTIFACTS
 
     if not (ARTIFACTS / "dupmae/pretrained/head_config.json").is_file():
         pytest.skip("dupmae/pretrained artifact not built")

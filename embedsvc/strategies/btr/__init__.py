@@ -167,10 +167,6 @@ class BinaryTokenRepresentations(HFStrategy):
         return int(self._config()["bits"])
 
     @property
-    def max_tokens(self) -> int:
-        return self.config.max_length or self.backbone.max_length
-
-    @property
     def rescore_depth(self) -> int:  # type: ignore[override]
         return self.config.rerank_depth
 
@@ -181,11 +177,8 @@ class BinaryTokenRepresentations(HFStrategy):
     @property
     def model_fingerprint(self) -> str:
         p = self._load()
-        key = (
-            f"btr|{self.backbone.fingerprint}|{p['digest']}|{p['cut']}|{p['bits']}|"
-            f"{self.max_tokens}|{self.config.reconstruction}"
-        )
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        bb, recon = self.backbone.fingerprint, self.config.reconstruction
+        return self.digest("btr", bb, p["digest"], p["cut"], p["bits"], self.max_tokens, recon)
 
     def build_core(self) -> Any:
         """Split encoder, sentence-code projection and token codes: one module."""

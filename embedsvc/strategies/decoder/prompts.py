@@ -9,7 +9,6 @@ reads the last token's state at ``output_layer``.
 
 from __future__ import annotations
 
-import hashlib
 from typing import Any, Literal
 
 from pydantic import Field
@@ -63,27 +62,23 @@ def preprocess_sentence(text: str) -> str:
     return s
 
 
-class PromptLastConfig(StrategyConfig):
+class DecoderConfig(StrategyConfig):
     #: registered backbone name or a local causal-LM folder
     backbone: str = "smollm2"
-    #: prompt: ``eol`` (PromptEOL), ``cot`` (pretended CoT) or ``ke`` (knowledge enhancement)
-    template: TemplateName = "eol"
-    #: hidden-state index of the embedding (0..L, or negative: -1 = after the final norm)
-    output_layer: int = -1
     #: texts per forward pass (texts are sorted by length first)
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(32, ge=1)
     #: pad side of batches; results do not depend on it (positions come from the mask)
     padding_side: Literal["left", "right"] = "right"
-    #: token limit of the whole prompt; the sentence is cut to fit, the template never is
-    max_length: int = Field(512, ge=8)
+    #: token limit of the whole input
+    max_length: int = Field(512, ge=2)
 
 
-class PromptLastStrategy(HFStrategy):
-    """Base of the prompted last-token strategies; ``use_placeholder`` selects TP prompts."""
+class DecoderStrategy(HFStrategy):
+    """Base of the strategies that read a decoder LLM's last-token states (prompted or not):
+    a decoder backbone, batches padded on ``padding_side``, the tighter of the two limits."""
 
     output_kind = "dense"
-    use_placeholder = False
-    _prefix_ids: list[int] | None = None
+    config: DecoderConfig
 
     def check_backbone(self, backbone: Backbone) -> None:
         if backbone.kind != "decoder":
@@ -92,6 +87,34 @@ class PromptLastStrategy(HFStrategy):
                 field="backbone",
             )
         decoder_parts(backbone.model)
+
+    @property
+    def max_tokens(self) -> int:
+        return min(self.config.max_length, self.backbone.max_length)
+
+    def collate(self, ids: list[list[int]]) -> dict[str, Any]:
+        return pad_batch(ids, self.pad_id, side=self.config.padding_side)
+
+
+class PromptLastConfig(DecoderConfig):
+    #: prompt: ``eol`` (PromptEOL), ``cot`` (pretended CoT) or ``ke`` (knowledge enhancement)
+    template: TemplateName = "eol"
+    #: hidden-state index of the embedding (0..L, or negative: -1 = after the final norm)
+    output_layer: int = -1
+    batch_size: int = Field(16, ge=1)
+    #: the sentence is cut to fit, the template never is
+    max_length: int = Field(512, ge=8)
+
+
+class PromptLastStrategy(DecoderStrategy):
+    """Base of the prompted last-token strategies; ``use_placeholder`` selects TP prompts."""
+
+    use_placeholder = False
+    _prefix_ids: list[int] | None = None
+    config: PromptLastConfig
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        super().check_backbone(backbone)
         resolve_layer(self.config.output_layer, backbone.num_layers)
 
     @property
@@ -101,10 +124,6 @@ class PromptLastStrategy(HFStrategy):
     @property
     def output_index(self) -> int:
         return resolve_layer(self.config.output_layer, self.num_layers)
-
-    @property
-    def dim(self) -> int:
-        return self.backbone.hidden_size
 
     @property
     def max_tokens(self) -> int:
@@ -119,7 +138,7 @@ class PromptLastStrategy(HFStrategy):
     @property
     def model_fingerprint(self) -> str:
         key = "|".join([self.name, self.backbone.fingerprint, self.config.model_dump_json()])
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
     # -- pre --------------------------------------------------------------------------------------
     def _tokenize(self, text: str, special: bool) -> list[int]:
@@ -168,9 +187,6 @@ class PromptLastStrategy(HFStrategy):
         """The prompt of each text (template included) within the limit; counts untruncated."""
         fitted = [self._fit(t, self.max_tokens) for t in texts]
         return Features([ids for ids, _ in fitted], [n for _, n in fitted])
-
-    def collate(self, ids: list[list[int]]) -> dict[str, Any]:
-        return pad_batch(ids, self.pad_id, side=self.config.padding_side)
 
     # -- core -------------------------------------------------------------------------------------
     def states_core(self, layers: list[int]) -> DecoderStatesCore:

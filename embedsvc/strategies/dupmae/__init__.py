@@ -42,7 +42,6 @@ Hyper-parameters
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from pathlib import Path
@@ -52,12 +51,17 @@ import numpy as np
 from pydantic import Field, create_model
 
 from embedsvc.backbones import Backbone
-from embedsvc.errors import FailedPrecondition, InvalidArgument
+from embedsvc.errors import InvalidArgument
+from embedsvc.strategies.artifacts import (
+    check_base,
+    files_digest,
+    find_artifact,
+    read_manifest,
+)
 from embedsvc.strategies.base import Role, StrategyConfig, register_strategy
 from embedsvc.strategies.hf import HFStrategy
 from embedsvc.strategies.runner import Runner
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 BUILD_HINT = (
     "build it with `.venv/bin/python training/train_dupmae.py pretrain --config "
     "training/configs/dupmae_pretrain.json` (then `finetune --config "
@@ -65,16 +69,8 @@ BUILD_HINT = (
 )
 
 
-def artifact_dir(name_or_path: str) -> Path:
-    """A shipped artifact (``embedsvc/artifacts/<name>``) or any folder holding one."""
-    for cand in (ARTIFACTS / name_or_path, Path(name_or_path).expanduser()):
-        if (cand / "head_config.json").is_file():
-            return cand.resolve()
-    raise FailedPrecondition(
-        f"DupMAE artifact {name_or_path!r} not found (no head_config.json under "
-        f"{ARTIFACTS / name_or_path} or that folder); {BUILD_HINT}",
-        field="artifact",
-    )
+def artifact_dir(name: str) -> Path:
+    return find_artifact(name, "head_config.json", "DupMAE", BUILD_HINT)
 
 
 class DupMAEConfig(StrategyConfig):
@@ -101,14 +97,8 @@ class _Loaded:
         from embedsvc.strategies.dupmae.model import DupMAEHeads, hash_buckets, lora_encoder
 
         self.head_config: dict[str, Any] = json.loads((folder / "head_config.json").read_text())
-        manifest = json.loads((folder / "manifest.json").read_text())
-        base = manifest.get("base_model", {}).get("fingerprint")
-        if base and base != backbone.fingerprint:
-            raise FailedPrecondition(
-                f"DupMAE artifact {folder} was trained on backbone fingerprint {base}, not "
-                f"{backbone.fingerprint}; retrain it: {BUILD_HINT}",
-                field="artifact",
-            )
+        base = read_manifest(folder).get("base_model", {}).get("fingerprint")
+        check_base(folder, base, backbone.fingerprint, f"retrain it: {BUILD_HINT}")
         peft_model = lora_encoder(
             backbone.model, adapter_dir=str(folder / "adapter"), trainable=False
         )
@@ -124,10 +114,8 @@ class _Loaded:
         self.bucket, self.sign = hash_buckets(
             vocab, self.ot_dim, int(self.head_config["hash_seed"])
         )
-        h = hashlib.sha256((folder / "heads.safetensors").read_bytes())
-        for p in sorted((folder / "adapter").glob("*")):
-            h.update(p.read_bytes())
-        self.digest = h.hexdigest()[:16]
+        adapter = sorted((folder / "adapter").glob("*"))
+        self.digest = files_digest([folder / "heads.safetensors", *adapter])
 
 
 class DupMAE(HFStrategy):
@@ -149,8 +137,7 @@ class DupMAE(HFStrategy):
         return json.loads((folder / "head_config.json").read_text())
 
     def backbone_name(self) -> str:
-        folder = artifact_dir(self.config.artifact)
-        manifest = json.loads((folder / "manifest.json").read_text())
+        manifest = read_manifest(artifact_dir(self.config.artifact))
         return manifest.get("base_model", {}).get("name", "minilm")
 
     def check_backbone(self, backbone: Backbone) -> None:
@@ -205,7 +192,7 @@ class DupMAE(HFStrategy):
             f"dupmae|{self.backbone.fingerprint}|{m.digest}|{self.config.channels}|"
             f"{self.top_k}|{self.cls_weight}|{self.ot_dim}|{self.max_tokens}"
         )
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
     def build_core(self) -> Any:
         """Merged encoder + both channels' heads, top-k and hashing: one module."""

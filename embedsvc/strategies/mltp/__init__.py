@@ -34,38 +34,28 @@ Hyper-parameters
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import create_model
 
 from embedsvc.backbones import Backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
-from embedsvc.strategies.base import Role, StrategyConfig, register_strategy
+from embedsvc.strategies.artifacts import find_artifact, read_manifest
+from embedsvc.strategies.base import Role, register_strategy
 from embedsvc.strategies.decoder.model import DecoderStatesCore
+from embedsvc.strategies.decoder.prompts import DecoderConfig, DecoderStrategy
 from embedsvc.strategies.features import Features, pad_batch
-from embedsvc.strategies.hf import HFStrategy
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 HEAD_FILE = "head.safetensors"
 HEAD_CONFIG = "head_config.json"
-MANIFEST = "manifest.json"
 
 
 def artifact_dir(name_or_path: str) -> Path:
     """A shipped artifact name (``embedsvc/artifacts/<name>``) or any folder path."""
-    shipped = ARTIFACTS / name_or_path
-    if shipped.is_dir():
-        return shipped
-    path = Path(name_or_path).expanduser()
-    if path.is_dir():
-        return path.resolve()
-    raise FailedPrecondition(
-        f"pooling-head artifact {name_or_path!r} not found (neither {shipped} nor a folder); "
-        "train one with training/train_pooling_head.py",
-        field="artifact",
+    return find_artifact(
+        name_or_path, HEAD_FILE, "pooling-head", "train one with training/train_pooling_head.py"
     )
 
 
@@ -122,24 +112,17 @@ def load_head(directory: Path) -> tuple[Any, dict[str, Any]]:
     state = {k: v.float() for k, v in load_file(str(directory / HEAD_FILE)).items()}
     head.load_state_dict(state)
     head.eval()
-    manifest_path = directory / MANIFEST
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    return head, manifest
+    return head, read_manifest(directory)
 
 
-class PoolingHeadConfig(StrategyConfig):
+class PoolingHeadConfig(DecoderConfig):
+    """``backbone`` must be the one the head was trained on; ``max_length`` includes the EOS."""
+
     #: shipped artifact name under embedsvc/artifacts, or a folder with head.safetensors
     artifact: str = "mltp-smollm2"
-    #: registered backbone name or local causal-LM folder (must be the one the head was trained on)
-    backbone: str = "smollm2"
-    batch_size: int = Field(32, ge=1)
-    padding_side: Literal["left", "right"] = "right"
-    #: token limit including the appended EOS
-    max_length: int = Field(512, ge=2)
 
 
-class _PoolingHeadStrategy(HFStrategy):
-    output_kind = "dense"
+class _PoolingHeadStrategy(DecoderStrategy):
     config_cls = PoolingHeadConfig
     config: PoolingHeadConfig
     head_kind: str = "mltp"
@@ -148,6 +131,7 @@ class _PoolingHeadStrategy(HFStrategy):
     _head_digest = ""
 
     def check_backbone(self, backbone: Backbone) -> None:
+        super().check_backbone(backbone)
         want = self.manifest.get("backbone_fingerprint")
         if want and want != backbone.fingerprint:
             raise FailedPrecondition(
@@ -186,14 +170,6 @@ class _PoolingHeadStrategy(HFStrategy):
         return self._manifest or {}
 
     @property
-    def dim(self) -> int:
-        return self.backbone.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        return min(self.config.max_length, self.backbone.max_length)
-
-    @property
     def model_fingerprint(self) -> str:
         _ = self.head
         key = "|".join(
@@ -205,13 +181,10 @@ class _PoolingHeadStrategy(HFStrategy):
                 self.config.padding_side,
             ]
         )
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
     def pre(self, texts: list[str], role: Role) -> Features:
         return layer_inputs(self.backbone.tokenizer, texts, self.max_tokens)
-
-    def collate(self, ids: list[list[int]]) -> dict[str, Any]:
-        return pad_batch(ids, self.pad_id, side=self.config.padding_side)
 
     def build_core(self) -> DecoderStatesCore:
         """Decoder + per-layer last-token gather + the trained head: one module."""
@@ -236,35 +209,31 @@ class _PoolingHeadStrategy(HFStrategy):
         return np.asarray(outputs["embedding"], dtype=np.float32), None
 
 
-@register_strategy("mltp")
-class MultiLayerTrainablePooling(_PoolingHeadStrategy):
-    """MLTP (paper's M3): latent cross-attention over every block's last-token state."""
-
-    description = "multi-layer trainable pooling head over a frozen decoder LLM (MLTP)"
-    head_kind = "mltp"
-
-
-class M2Config(PoolingHeadConfig):
-    artifact: str = "m2-smollm2"
+def _head_strategy(name: str, kind: str, artifact: str, doc: str, description: str) -> type:
+    """A registered pooling-head strategy whose defaults select its artifact and head kind."""
+    cfg = create_model(f"{name}_config", __base__=PoolingHeadConfig, artifact=(str, artifact))
+    attrs = {"config_cls": cfg, "description": description, "head_kind": kind, "__doc__": doc}
+    return register_strategy(name)(type(name, (_PoolingHeadStrategy,), attrs))
 
 
-@register_strategy("m2")
-class LastLayerTrainablePooling(_PoolingHeadStrategy):
-    """The paper's M2: the same head over the last layer's last-token state only."""
-
-    config_cls = M2Config
-    description = "last-layer trainable pooling head over a frozen decoder LLM (paper's M2)"
-    head_kind = "m2"
-
-
-class EosLinearConfig(PoolingHeadConfig):
-    artifact: str = "eos_linear-smollm2"
-
-
-@register_strategy("eos_linear")
-class EosLinear(_PoolingHeadStrategy):
-    """EOS-last + a trained linear projection ("(a)" in issue 3)."""
-
-    config_cls = EosLinearConfig
-    description = "EOS-last token of a frozen decoder LLM + trained linear projection"
-    head_kind = "linear"
+MultiLayerTrainablePooling = _head_strategy(
+    "mltp",
+    "mltp",
+    "mltp-smollm2",
+    "MLTP (paper's M3): latent cross-attention over every block's last-token state.",
+    "multi-layer trainable pooling head over a frozen decoder LLM (MLTP)",
+)
+LastLayerTrainablePooling = _head_strategy(
+    "m2",
+    "m2",
+    "m2-smollm2",
+    "The paper's M2: the same head over the last layer's last-token state only.",
+    "last-layer trainable pooling head over a frozen decoder LLM (paper's M2)",
+)
+EosLinear = _head_strategy(
+    "eos_linear",
+    "linear",
+    "eos_linear-smollm2",
+    'EOS-last + a trained linear projection ("(a)" in issue 3).',
+    "EOS-last token of a frozen decoder LLM + trained linear projection",
+)

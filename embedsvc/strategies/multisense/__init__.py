@@ -67,8 +67,9 @@ class MultiSense(HFStrategy):
     config_cls = MultiSenseConfig
     description = "multi-sense dictionary: tokens replaced by their nearest sense, mean pooled"
     config: MultiSenseConfig
-    _parts: dict[str, Any] | None = None
+    #: the faiss index over every sense centroid (nearest senses of other tokens), built lazily
     _index: Any = None
+    _parts: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> dict[str, Any]:
@@ -130,21 +131,13 @@ class MultiSense(HFStrategy):
 
     # ---------------------------------------------------------------- contract
     @property
-    def dim(self) -> int:
-        return self.backbone.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        return self.config.max_length or self.backbone.max_length
-
-    @property
     def model_fingerprint(self) -> str:
         p = self._load()
         key = (
             f"{self.name}|{self.backbone.fingerprint}|{p['digest']}|{p['layers']}|"
             f"{self.config.replace}|{self.max_tokens}"
         )
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
     def build_core(self) -> Any:
         """Encoder (or student) + the sense dictionary, nearest-sense replacement and mean

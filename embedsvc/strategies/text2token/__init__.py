@@ -26,34 +26,22 @@ Hyper-parameters
 
 from __future__ import annotations
 
-import hashlib
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from pydantic import Field, create_model
 
 from embedsvc.backbones import Backbone
-from embedsvc.errors import FailedPrecondition
+from embedsvc.strategies.artifacts import check_base, files_digest, find_artifact, read_manifest
 from embedsvc.strategies.base import StrategyConfig, register_strategy
 from embedsvc.strategies.hf import HFStrategy
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
-BUILD_HINT = (
-    "build it with `.venv/bin/python training/train_text2token.py --config "
+BUILD_HINT = "build it with `.venv/bin/python training/train_text2token.py --config " + (
     "training/configs/t2t_smollm2_stage1.json` (stage 2: t2t_smollm2_stage2.json)"
 )
-
-
-def artifact_dir(name_or_path: str) -> Path:
-    for cand in (ARTIFACTS / name_or_path, Path(name_or_path).expanduser()):
-        if (cand / "t2t_config.json").is_file():
-            return cand.resolve()
-    raise FailedPrecondition(
-        f"Text2Token artifact {name_or_path!r} not found (no t2t_config.json under "
-        f"{ARTIFACTS / name_or_path} or that folder); {BUILD_HINT}",
-        field="artifact",
-    )
+artifact_dir = partial(find_artifact, marker="t2t_config.json", what="Text2Token", hint=BUILD_HINT)
 
 
 class Text2TokenConfig(StrategyConfig):
@@ -83,20 +71,14 @@ class Text2Token(HFStrategy):
         folder = self._folder()
         if folder is None:
             return self.config.backbone
-        return json.loads((folder / "manifest.json").read_text())["base_model"]["name"]
+        return read_manifest(folder)["base_model"]["name"]
 
     def check_backbone(self, backbone: Backbone) -> None:
         folder = self._folder()
         if folder is None:
             return
-        manifest = json.loads((folder / "manifest.json").read_text())
-        base = manifest["base_model"].get("fingerprint")
-        if base and base != backbone.fingerprint:
-            raise FailedPrecondition(
-                f"Text2Token artifact {folder} was trained on backbone "
-                f"fingerprint {base}, not {backbone.fingerprint}; {BUILD_HINT}",
-                field="artifact",
-            )
+        base = read_manifest(folder)["base_model"].get("fingerprint")
+        check_base(folder, base, backbone.fingerprint, BUILD_HINT)
 
     def _load_model(self) -> Any:
         backbone = self.backbone
@@ -107,10 +89,7 @@ class Text2Token(HFStrategy):
 
         n = int(json.loads((folder / "t2t_config.json").read_text())["adapters"])
         chain = [folder / "adapters" / str(i) for i in range(n)]
-        h = hashlib.sha256()
-        for p in sorted(folder.joinpath("adapters").rglob("*.safetensors")):
-            h.update(p.read_bytes())
-        self._digest = h.hexdigest()[:16]
+        self._digest = files_digest(sorted(folder.joinpath("adapters").rglob("*.safetensors")))
         return build_model(backbone, chain).eval()
 
     @property
@@ -122,18 +101,10 @@ class Text2Token(HFStrategy):
         return self._folder() or self.backbone.source
 
     @property
-    def dim(self) -> int:
-        return self.backbone.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        return self.config.max_length or self.backbone.max_length
-
-    @property
     def model_fingerprint(self) -> str:
         _ = self.model
         key = f"text2token|{self.backbone.fingerprint}|{self._digest}|{self.max_tokens}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
     def build_core(self) -> Any:
         from embedsvc.strategies.text2token.model import pooled_core
