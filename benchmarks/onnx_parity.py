@@ -1,7 +1,8 @@
 """Parity of ONNX fp32 with torch, per strategy, on STS-B dev sentences (one line each).
 
-Exports each strategy into a temporary folder (or ``--out/<name>``), serves it with
-the export's ONNX executor (``runtimes.base.load_export``) and compares ``encode`` with the torch strategy on the same texts: min / mean
+Exports each strategy into a temporary folder (or ``--out/<name>``), serves it with the
+export's ONNX executor (``runtimes.base.load_export``) and compares ``encode`` with the torch
+strategy on the same texts: min / mean
 cosine for dense strategies; for binary ones (``btr``) the fraction of equal sentence-code bits
 and of equal token-code payload bits (+ the largest fp16 scale difference). Also prints the
 graph size and the export-time parity recorded in the manifest. Not a speed benchmark.
