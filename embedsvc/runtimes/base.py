@@ -40,8 +40,16 @@ def serving_strategy(name: str, config: Any) -> Strategy:
     runtime = config.runtime
     check_runtime(runtime)
     base = get_strategy(name)
-    if runtime == "torch" or not base.exportable:
+    if not base.exportable:
         # model-free strategies (debug) have no graph: they are served as they are
+        return base
+    if runtime == "torch":
+        from embedsvc.runtimes.pytorch import device, torch_executor
+
+        if device() != "cpu" and base.executor.name == "torch" and base.executor.device == "cpu":
+            with _LOCK:  # the shared instance moves to the GPU once
+                if base.executor.device == "cpu":
+                    base.use_executor(torch_executor(base))
         return base
     key = (name, runtime)
     inst = _INSTANCES.get(key)
