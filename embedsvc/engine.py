@@ -22,6 +22,7 @@ from embedsvc.config import ServiceConfig
 from embedsvc.errors import InvalidArgument
 from embedsvc.indexes import index_kind_class
 from embedsvc.runtimes import serving_strategy
+from embedsvc.runtimes.base import runtime_of
 from embedsvc.strategies import Embedding, Role, Strategy, available_strategies, get_strategy
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,9 @@ class StrategyInfo:
     dim: int
     max_tokens: int
     loaded: bool
+    #: what executes it under this service's runtime: torch | onnx | onnx-int8, "refused ..."
+    #: where the int8 gate refuses it, "none (model-free)" for the debug engines
+    runtime: str = "torch"
 
 
 class Engine:
@@ -105,8 +109,11 @@ class Engine:
             if loaded:
                 inst = get_strategy(name)
                 dim, max_tokens = inst.dim, inst.max_tokens
+            runtime = runtime_of(cls, self.config.runtime)
             infos.append(
-                StrategyInfo(name, cls.description, cls.output_kind, dim, max_tokens, loaded)
+                StrategyInfo(
+                    name, cls.description, cls.output_kind, dim, max_tokens, loaded, runtime
+                )
             )
         return infos
 

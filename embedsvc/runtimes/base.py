@@ -17,6 +17,8 @@ from embedsvc.strategies import Strategy, create_strategy, get_strategy
 
 #: ServiceConfig.runtime values, and whether the ONNX ones use the int8 model
 RUNTIMES = {"torch": None, "onnx": False, "onnx-int8": True}
+#: the most STS-B dev Spearman the int8 model may lose against fp32 (``Strategy.int8_sts_delta``)
+INT8_GATE = 0.5
 
 _INSTANCES: dict[tuple[str, str], Strategy] = {}
 _LOCK = threading.Lock()
@@ -26,6 +28,43 @@ def check_runtime(runtime: str) -> None:
     if runtime not in RUNTIMES:
         valid = ", ".join(RUNTIMES)
         raise InvalidArgument(f"unknown runtime {runtime!r}; valid: {valid}", field="runtime")
+
+
+def int8_refusal(cls: type[Strategy]) -> str | None:
+    """Why ``onnx-int8`` must not serve strategy class ``cls`` (None: it may)."""
+    delta = cls.int8_sts_delta
+    if delta is None:
+        return (
+            f"strategy {cls.name!r}: its int8 model was never measured against fp32 on STS-B "
+            "dev; serve it with runtime 'onnx' (fp32)"
+        )
+    if delta < -INT8_GATE:
+        return (
+            f"strategy {cls.name!r}: its int8 model loses {-delta:.2f} STS-B dev Spearman "
+            f"points against fp32 (gate: {INT8_GATE}; docs/results/issue7.md); serve it with "
+            "runtime 'onnx' (fp32)"
+        )
+    return None
+
+
+def runtime_of(cls: type[Strategy], runtime: str) -> str:
+    """What serves strategy class ``cls`` under ``runtime`` (``ListStrategies`` reports it)."""
+    if cls.build_core is Strategy.build_core:
+        return "none (model-free)"
+    if runtime == "onnx-int8" and int8_refusal(cls) is not None:
+        return "refused (int8 below the STS gate: serve with onnx)"
+    return runtime
+
+
+def check_servable(name: str, runtime: str) -> None:
+    """FailedPrecondition when ``runtime`` refuses strategy ``name`` (the int8 gate)."""
+    from embedsvc.strategies import strategy_class
+
+    cls = strategy_class(name)
+    if runtime == "onnx-int8" and cls.build_core is not Strategy.build_core:
+        reason = int8_refusal(cls)
+        if reason is not None:
+            raise FailedPrecondition(f"runtime onnx-int8 refuses {reason}", field="strategy")
 
 
 def onnx_folder(strategy: Strategy, config: Any) -> Any:
@@ -39,6 +78,7 @@ def serving_strategy(name: str, config: Any) -> Strategy:
     """The instance of strategy ``name`` that ``config.runtime`` serves (cached per process)."""
     runtime = config.runtime
     check_runtime(runtime)
+    check_servable(name, runtime)
     base = get_strategy(name)
     if not base.exportable:
         # model-free strategies (debug) have no graph: they are served as they are

@@ -177,6 +177,11 @@ class Strategy(ABC):
         """Embed ``texts``. With ``truncate=False`` an over-long text raises InvalidArgument."""
         return Runner(self).encode(texts, role, normalize=normalize, truncate=truncate)
 
+    #: STS-B dev Spearman of its ``onnx-int8`` model minus its ``onnx`` fp32 model, as measured
+    #: (``docs/results/issue7.md``; None = never measured). The int8 runtime refuses, at
+    #: start-up, a strategy outside ``embedsvc.runtimes.base.INT8_GATE``.
+    int8_sts_delta: ClassVar[float | None] = None
+
     #: candidates per query the index returns for ``rescore`` (0 = this strategy never rescores)
     rescore_depth: int = 0
 

@@ -67,6 +67,8 @@ class TokenPrepending(PromptLastStrategy):
 
     config_cls = TokenPrependingConfig
     description = "Token Prepending (training-free) on a decoder LLM's PromptEOL last token"
+    #: measured int8 - fp32 STS-B dev Spearman (docs/results/issue7.md)
+    int8_sts_delta = +0.62
     config: TokenPrependingConfig
     use_placeholder = True
 

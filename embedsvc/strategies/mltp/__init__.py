@@ -209,10 +209,19 @@ class _PoolingHeadStrategy(DecoderStrategy):
         return np.asarray(outputs["embedding"], dtype=np.float32), None
 
 
-def _head_strategy(name: str, kind: str, artifact: str, doc: str, description: str) -> type:
-    """A registered pooling-head strategy whose defaults select its artifact and head kind."""
+def _head_strategy(
+    name: str, kind: str, artifact: str, doc: str, description: str, int8_delta: float
+) -> type:
+    """A registered pooling-head strategy whose defaults select its artifact and head kind
+    (``int8_delta``: its measured int8 - fp32 STS-B dev Spearman, docs/results/issue7.md)."""
     cfg = create_model(f"{name}_config", __base__=PoolingHeadConfig, artifact=(str, artifact))
-    attrs = {"config_cls": cfg, "description": description, "head_kind": kind, "__doc__": doc}
+    attrs = {
+        "config_cls": cfg,
+        "description": description,
+        "head_kind": kind,
+        "__doc__": doc,
+        "int8_sts_delta": int8_delta,
+    }
     return register_strategy(name)(type(name, (_PoolingHeadStrategy,), attrs))
 
 
@@ -222,6 +231,7 @@ MultiLayerTrainablePooling = _head_strategy(
     "mltp-smollm2",
     "MLTP (paper's M3): latent cross-attention over every block's last-token state.",
     "multi-layer trainable pooling head over a frozen decoder LLM (MLTP)",
+    -3.82,
 )
 LastLayerTrainablePooling = _head_strategy(
     "m2",
@@ -229,6 +239,7 @@ LastLayerTrainablePooling = _head_strategy(
     "m2-smollm2",
     "The paper's M2: the same head over the last layer's last-token state only.",
     "last-layer trainable pooling head over a frozen decoder LLM (paper's M2)",
+    -11.42,
 )
 EosLinear = _head_strategy(
     "eos_linear",
@@ -236,4 +247,5 @@ EosLinear = _head_strategy(
     "eos_linear-smollm2",
     'EOS-last + a trained linear projection ("(a)" in issue 3).',
     "EOS-last token of a frozen decoder LLM + trained linear projection",
+    -12.64,
 )

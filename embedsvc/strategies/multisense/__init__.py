@@ -66,6 +66,8 @@ class MultiSense(HFStrategy):
     output_kind = "dense"
     config_cls = MultiSenseConfig
     description = "multi-sense dictionary: tokens replaced by their nearest sense, mean pooled"
+    #: measured int8 - fp32 STS-B dev Spearman (docs/results/issue7.md)
+    int8_sts_delta = +0.06
     config: MultiSenseConfig
     #: the faiss index over every sense centroid (nearest senses of other tokens), built lazily
     _index: Any = None
@@ -254,4 +256,5 @@ class MultiSenseStudent(MultiSense):
     """The distilled student: first blocks + head classifying into the teacher's senses."""
 
     config_cls = MultiSenseStudentConfig
+    int8_sts_delta = -0.83
     description = "multi-sense KD student: first 3 MiniLM blocks + sense classifier head"
