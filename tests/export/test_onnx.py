@@ -206,6 +206,7 @@ def test_server_with_onnx_runtime_answers_like_torch(
                 out[runtime] = client.embed_response(texts, "mean", "passage")
                 listed = {s.name: s for s in client.list_strategies()}
                 assert listed["mean"].dim == 384
+                assert listed["mean"].runtime == runtime  # ListStrategies says what serves it
         finally:
             service.stop(grace=1)
     from embedsvc.server.convert import tensor_to_numpy
