@@ -22,6 +22,8 @@ from embedsvc.collections.store import validate_filter
 from embedsvc.config import ServiceConfig
 from embedsvc.errors import InvalidArgument
 from embedsvc.indexes import index_kind_class
+from embedsvc.runtimes import serving_strategy
+from embedsvc.runtimes.base import runtime_of
 from embedsvc.strategies import Embedding, Role, Strategy, available_strategies, get_strategy
 
 log = logging.getLogger(__name__)
@@ -59,6 +61,9 @@ class StrategyInfo:
     dim: int
     max_tokens: int
     loaded: bool
+    #: what executes it under this service's runtime: torch | onnx | onnx-int8, "refused ..."
+    #: where the int8 gate refuses it, "none (model-free)" for the debug engines
+    runtime: str = "torch"
 
 
 class Engine:
@@ -81,18 +86,19 @@ class Engine:
     def strategy(self, name: str | None) -> Strategy:
         """The shared instance of ``name`` (default ``mean``); NotFound lists valid names."""
         name = name or DEFAULT_STRATEGY
-        strategy = get_strategy(name)
-        if self.config.runtime != "torch":  # onnx | onnx-int8: same API, ONNX Runtime forward
-            from embedsvc.export.runtime import serving_strategy
-
-            strategy = serving_strategy(strategy, self.config)
+        # torch: the shared instance; onnx | onnx-int8: an instance whose executor runs the
+        # exported core (exported at start-up, never here)
+        strategy = serving_strategy(name, self.config)
         with self._load_lock:
             self._loaded.add(name)
         return strategy
 
     def preload(self) -> None:
         """Load the configured strategies' models now, so the first request is not slow."""
+        from embedsvc.export.startup import prepare
+
         for name in self.config.preload_strategies:
+            prepare(name, self.config)  # the ONNX export, when the runtime needs one
             strategy = self.strategy(name)
             strategy.encode(["warm-up"], Role.QUERY)
 
@@ -104,8 +110,11 @@ class Engine:
             if loaded:
                 inst = get_strategy(name)
                 dim, max_tokens = inst.dim, inst.max_tokens
+            runtime = runtime_of(cls, self.config.runtime)
             infos.append(
-                StrategyInfo(name, cls.description, cls.output_kind, dim, max_tokens, loaded)
+                StrategyInfo(
+                    name, cls.description, cls.output_kind, dim, max_tokens, loaded, runtime
+                )
             )
         return infos
 

@@ -54,6 +54,7 @@ class EmbeddingServicer(egrpc.EmbeddingServiceServicer):
                     dim=s.dim,
                     max_tokens=s.max_tokens,
                     loaded=s.loaded,
+                    runtime=s.runtime,
                 )
                 for s in self.engine.list_strategies()
             ]

@@ -28,20 +28,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
-from embedsvc.backbones import Backbone, load_backbone
 from embedsvc.errors import FailedPrecondition
-from embedsvc.strategies._batches import length_sorted_batches
-from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
-from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
+from embedsvc.strategies.base import Role, StrategyConfig, register_strategy
+from embedsvc.strategies.core import ENCODER_INPUTS
+from embedsvc.strategies.features import check_texts
+from embedsvc.strategies.hf import HFStrategy
+from embedsvc.strategies.runner import Runner
 
-DEFAULT_STUDENT = Path(__file__).resolve().parents[1] / "artifacts" / "multisense-student"
+DEFAULT_STUDENT = Path(__file__).resolve().parents[2] / "artifacts" / "multisense-student"
 
 
 class MultiSenseConfig(StrategyConfig):
@@ -59,62 +59,39 @@ class MultiSenseConfig(StrategyConfig):
     student_layers: int = Field(3, ge=1)
 
 
-def student_logits(z, cands, valid):
-    """Nearest-centroid logits ``<z, s> - |s|^2/2`` over each token's own senses.
-
-    ``z`` [n, d], ``cands`` [n, m, d], ``valid`` bool [n, m] -> [n, m] (invalid = -inf)."""
-    logits = (cands * z[:, None, :]).sum(-1) - 0.5 * (cands * cands).sum(-1)
-    return logits.masked_fill(~valid, float("-inf"))
-
-
-def candidates(token_ids, offsets, centroids, max_senses: int):
-    """Padded sense block of each token: ``(cands [n, m, d], valid [n, m])``."""
-    import torch
-
-    starts = offsets[token_ids]
-    counts = offsets[token_ids + 1] - starts
-    ar = torch.arange(max_senses)
-    idx = (starts[:, None] + ar).clamp(max=max(0, centroids.shape[0] - 1))
-    return centroids[idx], ar[None, :] < counts[:, None]
-
-
 @register_strategy("multisense")
-class MultiSense(Strategy):
+class MultiSense(HFStrategy):
     """Sense replacement + mean pooling (see module doc)."""
 
     output_kind = "dense"
     config_cls = MultiSenseConfig
     description = "multi-sense dictionary: tokens replaced by their nearest sense, mean pooled"
+    #: measured int8 - fp32 STS-B dev Spearman (docs/results/issue7.md)
+    int8_sts_delta = +0.06
     config: MultiSenseConfig
-
-    def __init__(
-        self, config: MultiSenseConfig | None = None, *, cache_dir: Path | None = None
-    ) -> None:
-        super().__init__(config)
-        self._cache_dir = cache_dir
-        self._parts: dict[str, Any] | None = None
-        self._index: Any = None
-        self._lock = threading.Lock()
+    #: the faiss index over every sense centroid (nearest senses of other tokens), built lazily
+    _index: Any = None
+    _parts: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------ loading
     def _load(self) -> dict[str, Any]:
-        if self._parts is None:
-            with self._lock:
-                if self._parts is None:
-                    self._parts = self._load_parts()
-        return self._parts
+        return self.lazy("_parts", self._load_parts)
 
     def dictionary_dir(self) -> Path:
-        from embedsvc.strategies._sense_io import default_dictionary_dir
+        from embedsvc.strategies.multisense.io import default_dictionary_dir
 
         if self.config.dictionary:
             return Path(self.config.dictionary)
         return default_dictionary_dir(cache_dir=self._cache_dir)
 
+    @property
+    def source(self) -> Path | None:
+        return self.dictionary_dir()
+
     def _load_parts(self) -> dict[str, Any]:
         import torch
 
-        from embedsvc.strategies._sense_io import load_dictionary
+        from embedsvc.strategies.multisense.io import load_dictionary
 
         folder = self.dictionary_dir()
         try:
@@ -124,12 +101,9 @@ class MultiSense(Strategy):
                 f"sense dictionary missing in {folder}; build it with "
                 "`.venv/bin/python training/build_sense_dictionary.py`"
             ) from None
-        bb = load_backbone(self.config.backbone, self._cache_dir)
+        bb = self.backbone
         parts: dict[str, Any] = {
-            "backbone": bb,
             "dict": sd,
-            "offsets": torch.from_numpy(sd.table.offsets),
-            "centroids": torch.from_numpy(sd.table.centroids.astype(np.float32)),
             "max_senses": sd.table.max_senses,
             "digest": hashlib.sha256(json.dumps(sd.manifest, sort_keys=True).encode()).hexdigest()[
                 :16
@@ -157,130 +131,68 @@ class MultiSense(Strategy):
             parts["digest"] += hashlib.sha256((folder / "head.npz").read_bytes()).hexdigest()[:8]
         return parts
 
-    @property
-    def backbone(self) -> Backbone:
-        return self._load()["backbone"]
-
     # ---------------------------------------------------------------- contract
     @property
-    def dim(self) -> int:
-        return self.backbone.hidden_size
-
-    @property
-    def max_tokens(self) -> int:
-        return self.config.max_length or self.backbone.max_length
-
-    @property
-    def fingerprint(self) -> str:
+    def model_fingerprint(self) -> str:
         p = self._load()
         key = (
             f"{self.name}|{self.backbone.fingerprint}|{p['digest']}|{p['layers']}|"
             f"{self.config.replace}|{self.max_tokens}"
         )
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
-    def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        return count_with_specials(self.backbone.tokenizer, texts)
-
-    def onnx_spec(self) -> Any:
-        """Export hook: encoder (or student) + the sense dictionary as an initializer, the
-        nearest-sense replacement and mean pooling in one graph."""
-        from embedsvc.export.trained_modules import multisense_spec
-
-        return multisense_spec(self)
-
-    def token_states(self, enc: dict[str, Any]):
-        """``(states [B, T, d], sense ids [B, T])`` after (optional) sense replacement."""
-        import torch
-
-        from embedsvc.strategies._btr_codes import lower_states
-        from embedsvc.strategies._senses import replace_with_senses
+    def build_core(self) -> Any:
+        """Encoder (or student) + the sense dictionary, nearest-sense replacement and mean
+        pooling: one module."""
+        from embedsvc.strategies.multisense.model import MultiSenseCore
 
         p = self._load()
-        model = self.backbone.model
-        inputs = {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-        mask, ids = enc["attention_mask"], enc["input_ids"]
-        if not self.config.student:
-            hidden = model(**inputs).last_hidden_state
-            if not self.config.replace:
-                return hidden, torch.full_like(ids, -1)
-            return replace_with_senses(
-                hidden, ids, mask, p["offsets"], p["centroids"], p["max_senses"]
-            )
-        # only the first ``layers`` blocks run: that is the student's whole speed-up
-        hidden = lower_states(model, ids, mask, p["layers"], enc.get("token_type_ids"))
-        if not self.config.replace:  # the truncated student with plain pooling (ablation)
-            return hidden, torch.full_like(ids, -1)
-        z = p["head"](hidden)
-        flat_z, flat_ids = z.reshape(-1, z.shape[-1]), ids.reshape(-1)
-        sense = torch.full_like(flat_ids, -1)
-        out = flat_z.clone()
-        pos = mask.reshape(-1).bool().nonzero(as_tuple=True)[0]
-        cands, valid = candidates(flat_ids[pos], p["offsets"], p["centroids"], p["max_senses"])
-        has = valid.any(-1)
-        pick = student_logits(flat_z[pos][has], cands[has], valid[has]).argmax(-1)
-        sense[pos[has]] = pick
-        out[pos[has]] = cands[has][torch.arange(pick.shape[0]), pick]
-        return out.reshape(z.shape), sense.reshape(ids.shape)
-
-    def _run(self, texts: list[str], truncate: bool):
-        """``(batches, token counts, truncated counts)``; batches = (indices, tokenizer output)
-        longest first, tokenised lazily."""
-        counts = self.count_tokens(texts)
-        seen, truncated = apply_token_limit(counts, self.max_tokens, truncate)
-        batches = length_sorted_batches(
-            self.backbone.tokenizer, texts, counts, self.config.batch_size, self.max_tokens
+        table = p["dict"].table
+        tok = self.backbone.tokenizer
+        student = bool(self.config.student)
+        names = (
+            tuple(n for n in ENCODER_INPUTS if n in tok.model_input_names)
+            if student
+            else ("input_ids", "attention_mask")
         )
-        return batches, seen, truncated
-
-    def encode(
-        self,
-        texts: list[str],
-        role: Role = Role.PASSAGE,
-        *,
-        normalize: bool = True,
-        truncate: bool = True,
-    ) -> Embedding:
-        import torch
-
-        from embedsvc.strategies._senses import masked_mean
-
-        texts = check_texts(texts)
-        dim = self.dim
-        if not texts:
-            return Embedding.empty("dense", dim)
-        out = np.empty((len(texts), dim), dtype=np.float32)
-        batches, seen, truncated = self._run(texts, truncate)
-        with torch.inference_mode():
-            for idx, enc in batches:
-                states, _ = self.token_states(enc)
-                pooled = masked_mean(states, enc["attention_mask"])
-                if normalize:
-                    pooled = torch.nn.functional.normalize(pooled, dim=-1)
-                out[idx] = pooled.numpy()
-        return Embedding("dense", out, dim, seen, truncated)
+        mb = table.centroids.shape[0] * table.centroids.shape[1] * 2 / 1e6
+        notes = (
+            "tokenisation and truncation run in Python (tokenizer files saved beside)",
+            f"sense dictionary in the graph: offsets [{table.offsets.shape[0]}] int64 + "
+            f"centroids {list(table.centroids.shape)} fp16 ({mb:.0f} MB initializer), "
+            f"max_senses={p['max_senses']}; per-token candidate gather + "
+            + ("student logits argmax" if p["head"] is not None else "L2 argmin")
+            + " + replacement + masked mean",
+        )
+        return MultiSenseCore(
+            self.backbone.model,
+            table.offsets,
+            table.centroids,
+            p["max_senses"],
+            replace=self.config.replace,
+            student_layers=int(p["layers"]) if student else None,
+            head=p["head"],
+            input_names=names,
+            notes=notes,
+        )
 
     # ------------------------------------------------------------ inspection
     def sense_ids(self, texts: list[str]) -> list[list[tuple[int, int]]]:
         """Per text, ``(token id, local sense index)`` of every token (-1 = no senses)."""
-        import torch
+        out, _, _ = Runner(self).outputs(check_texts(texts), Role.PASSAGE, per_token=("sense_ids",))
+        return [
+            list(zip(ids.tolist(), senses.tolist(), strict=True))
+            for ids, senses in zip(out["input_ids"], out["sense_ids"], strict=True)
+        ]
 
-        texts = check_texts(texts)
-        out: list[list[tuple[int, int]]] = [[] for _ in texts]
-        with torch.inference_mode():
-            for idx, enc in self._run(texts, True)[0]:
-                _, sense = self.token_states(enc)
-                for j, i in enumerate(idx):
-                    n = int(enc["attention_mask"][j].sum())
-                    ids = enc["input_ids"][j, :n].tolist()
-                    out[i] = list(zip(ids, sense[j, :n].tolist(), strict=True))
-        return out
+    def _centroids(self) -> np.ndarray:
+        return self._load()["dict"].table.centroids.astype(np.float32)
 
     def _neighbour_index(self):
         if self._index is None:
             import faiss
 
-            c = self._load()["centroids"].numpy()
+            c = self._centroids()
             index = faiss.IndexFlatL2(c.shape[1])
             index.add(np.ascontiguousarray(c))
             self._index = index
@@ -344,4 +256,5 @@ class MultiSenseStudent(MultiSense):
     """The distilled student: first blocks + head classifying into the teacher's senses."""
 
     config_cls = MultiSenseStudentConfig
+    int8_sts_delta = -0.83
     description = "multi-sense KD student: first 3 MiniLM blocks + sense classifier head"

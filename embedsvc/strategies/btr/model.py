@@ -1,16 +1,21 @@
-"""Pure tensor code of BTR binary token representations (no file I/O, no model loading).
+"""BTR's model code (pure tensors, no file I/O) and its core.
 
 The pieces, in the order a passage meets them:
 
-* ``lower_states`` / ``upper_states``: MiniLM split at the cut layer ``k`` (embeddings + blocks
-  ``0..k-1`` on the passage alone; blocks ``k..L-1`` on reconstructed states with the original
-  attention mask).
+* ``embedsvc.backbones.layers.lower_states`` / ``upper_states``: MiniLM split at the cut layer
+  ``k`` (embeddings + blocks ``0..k-1`` on the passage alone; blocks ``k..L-1`` on
+  reconstructed states with the original attention mask).
 * ``Calibration``: per-dimension centre ``c`` (binarisation threshold) and magnitude ``a``,
   plus a zero-initialised low-rank adapter; these are the only trained parameters.
 * ``encode_tokens``: bits ``b = [h - c >= 0]`` and a per-token fp16 scale
   ``s = <|h - c|, a> / <a, a>`` (the least-squares scale of ``a * sign`` towards ``h - c``).
 * ``Calibration.reconstruct``: ``h_hat = c' + s * a * (2b - 1)``, then ``h_hat + U V h_hat``.
-* ``pack_bits`` / ``unpack_bits``: numpy packbits order, 48 bytes per 384-d token.
+* ``pack_bits`` / ``unpack_bits`` (in ``__init__``): numpy packbits order, 48 bytes per
+  384-d token.
+* :class:`BTRCore`: the served core (split encoder, sentence-code projection, token codes).
+
+The fitting of the calibration and of the projection is the trainer's
+(``training/trainlib/btr.py``).
 
 Why these choices (the BTR paper released no code): sign alone drops the per-dimension offsets
 and magnitudes that the next block's attention and LayerNorm depend on (MiniLM states have
@@ -23,35 +28,13 @@ backbone, so the artifact stays tiny.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-try:  # torch is needed for everything but packing; keep import of this module cheap otherwise
-    import torch
-    from torch import nn
-except ImportError:  # pragma: no cover - torch is a hard dependency of the package
-    torch = None  # type: ignore[assignment]
-    nn = None  # type: ignore[assignment]
-
-
-def pack_bits(bits: np.ndarray) -> np.ndarray:
-    """bool/0-1 ``[..., d]`` -> uint8 ``[..., d/8]`` (numpy packbits, big-endian bit order)."""
-    return np.packbits(np.asarray(bits, dtype=bool), axis=-1)
-
-
-def unpack_bits(codes: np.ndarray, dim: int) -> np.ndarray:
-    """uint8 ``[..., d/8]`` -> bool ``[..., d]``; inverse of :func:`pack_bits`."""
-    return np.unpackbits(np.asarray(codes, dtype=np.uint8), axis=-1, count=dim).astype(bool)
-
-
-def fit_calibration(states: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension ``(centre, magnitude)`` from sampled non-pad token states ``[N, d]``.
-
-    Centre = median (each bit is 1 half the time: maximum information per bit); magnitude =
-    mean absolute deviation from it (the L2-optimal per-dimension value for ``a * sign``).
-    """
-    x = np.asarray(states, dtype=np.float32)
-    centre = np.median(x, axis=0)
-    mag = np.abs(x - centre).mean(axis=0)
-    return centre.astype(np.float32), np.maximum(mag, 1e-6).astype(np.float32)
+from embedsvc.backbones.layers import lower_states, upper_states
+from embedsvc.strategies.core import CoreModule
+from embedsvc.strategies.pooling import masked_mean
 
 
 def binarize_ste(x):
@@ -65,7 +48,7 @@ def binarize_hashnet(x, beta: float):
     return torch.tanh(beta * x)
 
 
-class Calibration(nn.Module if nn is not None else object):  # type: ignore[misc]
+class Calibration(nn.Module):
     """The trainable calibration: centre, magnitude, reconstruction offset and a low-rank adapter.
 
     ``rank=0`` means no adapter (pure calibrated sign).
@@ -121,54 +104,45 @@ def naive_roundtrip(h):
     return torch.where(h >= 0, 1.0, -1.0).to(h.dtype)
 
 
-def _mask4d(model, hidden, attention_mask):
-    from transformers.masking_utils import create_bidirectional_mask
-
-    return create_bidirectional_mask(
-        config=model.config, inputs_embeds=hidden, attention_mask=attention_mask
-    )
-
-
-def lower_states(model, input_ids, attention_mask, cut: int, token_type_ids=None):
-    """Embeddings + blocks ``0..cut-1`` of a BertModel: the states BTR binarises."""
-    h = model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-    mask = _mask4d(model, h, attention_mask)
-    for layer in model.encoder.layer[:cut]:
-        h = layer(h, mask)
-    return h
-
-
-def upper_states(model, hidden, attention_mask, cut: int):
-    """Blocks ``cut..L-1`` on (reconstructed) states, with the passage's own attention mask."""
-    mask = _mask4d(model, hidden, attention_mask)
-    for layer in model.encoder.layer[cut:]:
-        hidden = layer(hidden, mask)
-    return hidden
-
-
-def masked_mean(hidden, attention_mask):
-    m = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
-
-
 def sentence_bits(pooled, proj_centre, projection):
     """Sentence code bits ``[(e - mu) P^T >= 0]``: ``pooled`` [n, d] -> bool [n, bits]."""
     return ((pooled - proj_centre) @ projection.t()) >= 0
 
 
-def fit_projection(
-    embeddings: np.ndarray, bits: int, seed: int = 0
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(centre [d], projection [bits, d])`` for sentence codes: PCA to ``bits`` directions,
-    then a random rotation so that variance is spread over all bits (the first step of ITQ);
-    centring makes each bit balanced. Needs ``bits <= d``."""
-    x = np.asarray(embeddings, dtype=np.float64)
-    mu = x.mean(0)
-    _, _, vt = np.linalg.svd(x - mu, full_matrices=False)
-    pcs = vt[:bits]
-    rng = np.random.default_rng(seed)
-    if pcs.shape[0] < bits:  # fewer samples than bits (tiny runs): fill with random directions
-        extra = rng.standard_normal((bits - pcs.shape[0], x.shape[1])) / np.sqrt(x.shape[1])
-        pcs = np.concatenate([pcs, extra])
-    q, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
-    return mu.astype(np.float32), (q @ pcs).astype(np.float32)
+class BTRCore(CoreModule):
+    """One forward gives everything BTR serves: ``projection`` ``[B, bits]`` (the sentence
+    code is its sign), ``token_bits`` bool ``[B, T, d]`` and ``token_scales`` ``[B, T]`` (the
+    calibrated cut-layer codes stored as payloads) and ``pooled`` ``[B, d]`` (the normalised
+    float embedding: the query side of re-ranking)."""
+
+    output_names = ("projection", "token_bits", "token_scales", "pooled")
+    token_outputs = ("token_bits", "token_scales")
+
+    def __init__(
+        self,
+        model: nn.Module,
+        cut: int,
+        calib: Calibration,
+        proj_centre: torch.Tensor,
+        projection: torch.Tensor,
+        input_names: tuple[str, ...],
+        notes: tuple[str, ...] = (),
+    ) -> None:
+        super().__init__()
+        self.model = model
+        self.cut = int(cut)
+        self.calib = calib
+        self.register_buffer("proj_centre", proj_centre.detach().clone().float())
+        self.register_buffer("projection", projection.detach().clone().float())
+        self.input_names = input_names
+        self.notes = notes
+
+    def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        kw = dict(zip(self.input_names, inputs))
+        ids, mask = kw["input_ids"], kw["attention_mask"]
+        low = lower_states(self.model, ids, mask, self.cut, kw.get("token_type_ids"))
+        pooled = masked_mean(upper_states(self.model, low, mask, self.cut), mask)
+        pooled = F.normalize(pooled, dim=-1)
+        proj = (pooled - self.proj_centre) @ self.projection.t()
+        bits, scales = self.calib.encode(low)
+        return proj, bits, scales, pooled

@@ -9,9 +9,8 @@ Inputs-Outputs
     :func:`build_model` -- shared backbone + adapter folders to merge (+ an optional new LoRA)
     -> a private copy (the process-wide backbone is never modified). :func:`pooled` -- model +
     batch -> ``[B, d]`` masked mean of the last hidden state (SmolLM2: after the final RMSNorm,
-    like ``hidden_states[-1]`` in the reference). :class:`VocabHead` -- ``[B, d]`` -> ``[B, V]``:
-    the decoder's own (embedding-tied) ``lm_head``, or for MiniLM a created
-    :class:`~embedsvc.strategies._dupmae_model.TiedLMHead` (MiniLM ships none).
+    like ``hidden_states[-1]`` in the reference). The training-only vocabulary head is in
+    ``training/trainlib/t2t_targets.py``.
 
 Hyper-parameters
     LoRA r, alpha, dropout (reference: 16, 32, 0.05); targets: SmolLM2/Llama
@@ -27,6 +26,8 @@ from typing import Any
 
 import torch
 from torch import nn
+
+from embedsvc.strategies.core import MeanPoolCore
 
 DECODER_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj"]
 ENCODER_TARGETS = ["query", "key", "value", "attention.output.dense"]
@@ -66,30 +67,17 @@ def body(model: nn.Module) -> nn.Module:
     return base.model if hasattr(base, "lm_head") else base
 
 
+def is_causal(model: nn.Module) -> bool:
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return hasattr(base, "lm_head")
+
+
+def pooled_core(model: nn.Module, notes: tuple[str, ...] = ()) -> MeanPoolCore:
+    """The served core: the body (LoRA merged or not) + masked mean of its last hidden state
+    (SmolLM2: after the final RMSNorm, like ``hidden_states[-1]`` in the reference)."""
+    return MeanPoolCore(body(model), decoder=is_causal(model), notes=notes)
+
+
 def pooled(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-    """``[B, d]`` masked mean of the last hidden state (padding side does not matter)."""
-    hidden = body(model)(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
-
-
-class VocabHead(nn.Module):
-    """Pooled state -> vocabulary logits (the decoder's tied lm_head, or a created BERT head)."""
-
-    def __init__(self, model: nn.Module, kind: str) -> None:
-        super().__init__()
-        from embedsvc.strategies._dupmae_model import TiedLMHead
-
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.kind = kind
-        if kind == "decoder":
-            self.lm_head = [base.lm_head]  # not registered: it is the (frozen) backbone's
-            self.bert_head = None
-        else:
-            self.lm_head = None
-            self.bert_head = TiedLMHead(base.embeddings.word_embeddings)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.bert_head is not None:
-            return self.bert_head(x)
-        return self.lm_head[0](x)
+    """``[B, d]``: the served core's forward on a (training) model, gradients kept."""
+    return pooled_core(model)(input_ids, attention_mask)

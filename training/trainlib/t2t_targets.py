@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+from torch import nn
 
 #: NLTK's English stopword list (nltk.corpus.stopwords.words("english"), 179 words)
 STOPWORDS = frozenset(
@@ -288,3 +289,25 @@ def model_targets(
     r = p / (p + q + 1e-8)
     scaled = (r / tau).masked_fill(excluded.bool().unsqueeze(0), float("-inf"))
     return torch.softmax(scaled, dim=-1)
+
+
+class VocabHead(nn.Module):
+    """Pooled state -> vocabulary logits (the decoder's tied lm_head, or a created BERT head)."""
+
+    def __init__(self, model: nn.Module, kind: str) -> None:
+        super().__init__()
+        from embedsvc.strategies.dupmae.model import TiedLMHead
+
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.kind = kind
+        if kind == "decoder":
+            self.lm_head = [base.lm_head]  # not registered: it is the (frozen) backbone's
+            self.bert_head = None
+        else:
+            self.lm_head = None
+            self.bert_head = TiedLMHead(base.embeddings.word_embeddings)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.bert_head is not None:
+            return self.bert_head(x)
+        return self.lm_head[0](x)

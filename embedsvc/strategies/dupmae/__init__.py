@@ -3,7 +3,7 @@
 Reference
     Xiao et al., "RetroMAE-2: Duplex Masked Auto-Encoder For Pre-Training Retrieval-Oriented
     Language Models" (ACL 2023, arXiv 2211.08769); pre-training code staoxiao/RetroMAE
-    (``src/pretrain/modeling_duplex.py``), re-derived in ``_dupmae_model.py``. No inference or
+    (``src/pretrain/modeling_duplex.py``), re-derived in ``model.py``. No inference or
     fine-tuning code was released (RetroMAE issues #17, #29); this follows the paper's text:
     "[CLS] and ordinary-token embeddings, after dimension reduction and aggregation, are
     concatenated as one unified representation".
@@ -20,7 +20,7 @@ Inputs-Outputs
 
     **Departure from the paper**: the paper scores the OT part as a sparse vector over the
     30522-word vocabulary. To keep one dense FAISS inner-product index, the top-k sparse
-    vector is *signed-feature-hashed* into ``ot_dim`` buckets (``_dupmae_model.hash_topk``;
+    vector is *signed-feature-hashed* into ``ot_dim`` buckets (``model.hash_topk``;
     inner products are preserved in expectation, collisions add zero-mean noise). Training
     (``training/train_dupmae.py finetune``) scores the exact sparse vectors, so ``ot_dim`` is an
     inference-only choice: 2048 buckets keep the served channel within ~1.5 nDCG@10 of the exact
@@ -42,22 +42,26 @@ Hyper-parameters
 
 from __future__ import annotations
 
-import hashlib
 import json
-import threading
+import math
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field, create_model
 
-from embedsvc.backbones import Backbone, load_backbone
-from embedsvc.errors import FailedPrecondition, InvalidArgument
-from embedsvc.strategies._batches import length_sorted_batches
-from embedsvc.strategies._limits import apply_token_limit, check_texts, count_with_specials
-from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
+from embedsvc.backbones import Backbone
+from embedsvc.errors import InvalidArgument
+from embedsvc.strategies.artifacts import (
+    check_base,
+    files_digest,
+    find_artifact,
+    read_manifest,
+)
+from embedsvc.strategies.base import Role, StrategyConfig, register_strategy
+from embedsvc.strategies.hf import HFStrategy
+from embedsvc.strategies.runner import Runner
 
-ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 BUILD_HINT = (
     "build it with `.venv/bin/python training/train_dupmae.py pretrain --config "
     "training/configs/dupmae_pretrain.json` (then `finetune --config "
@@ -65,16 +69,8 @@ BUILD_HINT = (
 )
 
 
-def artifact_dir(name_or_path: str) -> Path:
-    """A shipped artifact (``embedsvc/artifacts/<name>``) or any folder holding one."""
-    for cand in (ARTIFACTS / name_or_path, Path(name_or_path).expanduser()):
-        if (cand / "head_config.json").is_file():
-            return cand.resolve()
-    raise FailedPrecondition(
-        f"DupMAE artifact {name_or_path!r} not found (no head_config.json under "
-        f"{ARTIFACTS / name_or_path} or that folder); {BUILD_HINT}",
-        field="artifact",
-    )
+def artifact_dir(name: str) -> Path:
+    return find_artifact(name, "head_config.json", "DupMAE", BUILD_HINT)
 
 
 class DupMAEConfig(StrategyConfig):
@@ -96,20 +92,13 @@ class _Loaded:
     """The strategy's private model: merged LoRA encoder copy + heads + hash tables."""
 
     def __init__(self, backbone: Backbone, folder: Path, ot_dim: int | None = None) -> None:
-        import torch
         from safetensors.torch import load_file
 
-        from embedsvc.strategies._dupmae_model import DupMAEHeads, hash_buckets, lora_encoder
+        from embedsvc.strategies.dupmae.model import DupMAEHeads, hash_buckets, lora_encoder
 
         self.head_config: dict[str, Any] = json.loads((folder / "head_config.json").read_text())
-        manifest = json.loads((folder / "manifest.json").read_text())
-        base = manifest.get("base_model", {}).get("fingerprint")
-        if base and base != backbone.fingerprint:
-            raise FailedPrecondition(
-                f"DupMAE artifact {folder} was trained on backbone fingerprint {base}, not "
-                f"{backbone.fingerprint}; retrain it: {BUILD_HINT}",
-                field="artifact",
-            )
+        base = read_manifest(folder).get("base_model", {}).get("fingerprint")
+        check_base(folder, base, backbone.fingerprint, f"retrain it: {BUILD_HINT}")
         peft_model = lora_encoder(
             backbone.model, adapter_dir=str(folder / "adapter"), trainable=False
         )
@@ -125,27 +114,20 @@ class _Loaded:
         self.bucket, self.sign = hash_buckets(
             vocab, self.ot_dim, int(self.head_config["hash_seed"])
         )
-        h = hashlib.sha256((folder / "heads.safetensors").read_bytes())
-        for p in sorted((folder / "adapter").glob("*")):
-            h.update(p.read_bytes())
-        self.digest = h.hexdigest()[:16]
-        self.torch = torch
+        adapter = sorted((folder / "adapter").glob("*"))
+        self.digest = files_digest([folder / "heads.safetensors", *adapter])
 
 
-class DupMAE(Strategy):
+class DupMAE(HFStrategy):
     """CLS + hashed OT (or one channel) of a DupMAE-pre-trained MiniLM."""
 
     output_kind = "dense"
     config_cls = DupMAEConfig
     description = "DupMAE: [CLS] reduced + top-k ordinary-token vocab channel (hashed)"
+    #: measured int8 - fp32 STS-B dev Spearman (docs/results/issue7.md)
+    int8_sts_delta = -0.75  # fine-tuned, both channels; variants: not measured
     config: DupMAEConfig
-
-    def __init__(self, config: DupMAEConfig | None = None, *, cache_dir: Path | None = None):
-        super().__init__(config)
-        self._cache_dir = cache_dir
-        self._backbone: Backbone | None = None
-        self._model: _Loaded | None = None
-        self._lock = threading.Lock()
+    _model: _Loaded | None = None
 
     # -- loading ------------------------------------------------------------------------------
 
@@ -156,27 +138,27 @@ class DupMAE(Strategy):
         folder = artifact_dir(self.config.artifact)
         return json.loads((folder / "head_config.json").read_text())
 
-    @property
-    def backbone(self) -> Backbone:
-        if self._backbone is None:
-            with self._lock:
-                if self._backbone is None:
-                    folder = artifact_dir(self.config.artifact)
-                    manifest = json.loads((folder / "manifest.json").read_text())
-                    name = manifest.get("base_model", {}).get("name", "minilm")
-                    self._backbone = load_backbone(name, self._cache_dir)
-        return self._backbone
+    def backbone_name(self) -> str:
+        manifest = read_manifest(artifact_dir(self.config.artifact))
+        return manifest.get("base_model", {}).get("name", "minilm")
+
+    def check_backbone(self, backbone: Backbone) -> None:
+        if self.max_length_of(backbone) > backbone.model.config.max_position_embeddings:
+            raise InvalidArgument("max_length exceeds the backbone's positions", field="max_length")
+
+    def max_length_of(self, backbone: Backbone) -> int:
+        return self.config.max_length or backbone.max_length
 
     @property
     def model(self) -> _Loaded:
-        if self._model is None:
-            backbone = self.backbone
-            with self._lock:
-                if self._model is None:
-                    self._model = _Loaded(
-                        backbone, artifact_dir(self.config.artifact), self.config.ot_dim
-                    )
-        return self._model
+        return self.lazy(
+            "_model",
+            lambda: _Loaded(self.backbone, artifact_dir(self.config.artifact), self.config.ot_dim),
+        )
+
+    @property
+    def source(self) -> Path | None:
+        return artifact_dir(self.config.artifact)
 
     # -- contract -----------------------------------------------------------------------------
 
@@ -195,7 +177,7 @@ class DupMAE(Strategy):
 
     @property
     def max_tokens(self) -> int:
-        return self.config.max_length or self.backbone.max_length
+        return self.max_length_of(self.backbone)
 
     @property
     def top_k(self) -> int:
@@ -206,22 +188,53 @@ class DupMAE(Strategy):
         return float(self.config.cls_weight or self._head_config()["cls_weight"])
 
     @property
-    def fingerprint(self) -> str:
+    def model_fingerprint(self) -> str:
         m = self.model
         key = (
             f"dupmae|{self.backbone.fingerprint}|{m.digest}|{self.config.channels}|"
             f"{self.top_k}|{self.cls_weight}|{self.ot_dim}|{self.max_tokens}"
         )
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
-    def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        return count_with_specials(self.backbone.tokenizer, texts)
+    def build_core(self) -> Any:
+        """Merged encoder + both channels' heads, top-k and hashing: one module."""
+        from embedsvc.strategies.dupmae.model import DupMAECore
 
-    def onnx_spec(self) -> Any:
-        """Export hook: merged encoder + both channels' heads, top-k and hashing in one graph."""
-        from embedsvc.export.trained_modules import dupmae_spec
+        m = self.model
+        tok = self.backbone.tokenizer
+        notes = (
+            "tokenisation and truncation run in Python (tokenizer files saved beside)",
+            "LoRA adapter merged into the encoder weights; CLS reduction, tied vocab head, "
+            "masked max over ordinary tokens, TopK and the signed-hash ScatterElements(add) "
+            "are in the graph; the channels are combined in Python (post)",
+            f"channels={self.config.channels}, top_k={self.top_k}, cls_weight={self.cls_weight}",
+        )
+        return DupMAECore(
+            m.encoder,
+            m.heads,
+            m.bucket,
+            m.sign,
+            top_k=self.top_k,
+            ot_dim=m.ot_dim,
+            specials=(tok.cls_token_id, tok.sep_token_id),
+            cls_only=self.config.channels == "cls",
+            notes=notes,
+        )
 
-        return dupmae_spec(self)
+    def combine(self, outputs: dict[str, np.ndarray], channels: str | None = None) -> np.ndarray:
+        """The served channel(s): ``[sqrt(w) cls ; sqrt(1-w) ot]`` so that the inner product is
+        ``w cos_cls + (1-w) cos_ot`` (both channels are unit vectors already)."""
+        channels = channels or self.config.channels
+        if channels != "both":
+            return outputs[channels]
+        w = self.cls_weight
+        cls = outputs["cls"] * np.float32(math.sqrt(w))
+        ot = outputs["ot"] * np.float32(math.sqrt(1.0 - w))
+        return np.concatenate([cls, ot], axis=1).astype(np.float32)
+
+    def post(self, outputs, feeds, role, normalize):  # type: ignore[no-untyped-def]
+        # the channels are normalised by design: normalize=False returns the same unit vectors
+        return self.combine(outputs), None
 
     def channel_vectors(self, texts: list[str], *, sparse: bool = False) -> dict[str, Any]:
         """``{"cls": [n, cls_dim], "ot": [n, ot_dim], "both": [n, cls+ot]}`` from one pass.
@@ -230,71 +243,21 @@ class DupMAE(Strategy):
         ``sparse``, also ``"ot_sparse"``: the exact (un-hashed) top-k OT vectors as a unit-norm
         ``scipy.sparse`` CSR ``[n, vocab]``, the paper's form, to measure what hashing costs.
         """
-        import torch
-        import torch.nn.functional as F
-
-        from embedsvc.strategies._dupmae_model import (
-            combine,
-            hash_topk,
-            ordinary_mask,
-            ot_topk,
-        )
-
-        m = self.model
-        tok = self.backbone.tokenizer
-        limit = self.max_tokens
-        counts = self.count_tokens(texts)
-        hc = m.head_config
-        out = {
-            "cls": np.empty((len(texts), int(hc["cls_dim"])), np.float32),
-            "ot": np.empty((len(texts), m.ot_dim), np.float32),
-        }
-        out["both"] = np.empty((len(texts), out["cls"].shape[1] + out["ot"].shape[1]), np.float32)
-        k = min(self.top_k, m.bucket.shape[0])
-        top_vals = np.zeros((len(texts), k), np.float32)
-        top_ids = np.zeros((len(texts), k), np.int64)
-        batches = length_sorted_batches(tok, texts, counts, self.config.batch_size, limit)
-        with torch.inference_mode():
-            for idx, enc in batches:
-                h = m.encoder(
-                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
-                ).last_hidden_state
-                cls = F.normalize(m.heads.cls_reduce(h[:, 0]), dim=-1)
-                ordinary = ordinary_mask(
-                    enc["input_ids"], enc["attention_mask"], (tok.cls_token_id, tok.sep_token_id)
-                )
-                values, indices = ot_topk(h, ordinary, m.heads.lm_head, self.top_k)
-                ot = F.normalize(hash_topk(values, indices, m.bucket, m.sign, m.ot_dim), dim=-1)
-                out["cls"][idx] = cls.numpy()
-                out["ot"][idx] = ot.numpy()
-                out["both"][idx] = combine(cls, ot, self.cls_weight).numpy()
-                top_vals[idx], top_ids[idx] = values.numpy(), indices.numpy()
+        if self.config.channels == "cls":
+            raise InvalidArgument("channel_vectors needs a strategy that computes both channels")
+        out, _, _ = Runner(self).outputs(texts, Role.PASSAGE)
+        result: dict[str, Any] = {"cls": out["cls"], "ot": out["ot"]}
+        result["both"] = self.combine(out, "both")
         if sparse:
             from scipy.sparse import csr_matrix
 
-            rows = np.repeat(np.arange(len(texts)), k)
-            out["ot_sparse"] = csr_matrix(
-                (top_vals.ravel(), (rows, top_ids.ravel())), shape=(len(texts), m.bucket.shape[0])
+            vals, ids = out["ot_values"], out["ot_ids"]
+            rows = np.repeat(np.arange(len(texts)), vals.shape[1])
+            vocab = self.model.bucket.shape[0]
+            result["ot_sparse"] = csr_matrix(
+                (vals.ravel(), (rows, ids.ravel())), shape=(len(texts), vocab)
             )
-        return out
-
-    def encode(
-        self,
-        texts: list[str],
-        role: Role = Role.PASSAGE,
-        *,
-        normalize: bool = True,
-        truncate: bool = True,
-    ) -> Embedding:
-        texts = check_texts(texts)
-        dim = self.dim
-        if not texts:
-            return Embedding.empty("dense", dim)
-        if self.max_tokens > self.backbone.model.config.max_position_embeddings:
-            raise InvalidArgument("max_length exceeds the backbone's positions", field="max_length")
-        seen, truncated = apply_token_limit(self.count_tokens(texts), self.max_tokens, truncate)
-        vecs = self.channel_vectors(texts)[self.config.channels]
-        return Embedding("dense", vecs, dim, seen, truncated)
+        return result
 
 
 def _variant(name: str, artifact: str, channels: str) -> type[DupMAE]:
@@ -312,6 +275,7 @@ def _variant(name: str, artifact: str, channels: str) -> type[DupMAE]:
         {
             "config_cls": cfg,
             "description": f"DupMAE {channels} channel(s), {artifact}",
+            "int8_sts_delta": None,  # not measured
             "__doc__": f"``{name}``: DupMAE with channels={channels}, artifact={artifact}.",
         },
     )

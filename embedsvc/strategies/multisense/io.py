@@ -1,4 +1,4 @@
-"""Reading and writing a sense dictionary folder (kept apart from the tensor code in ``_senses``).
+"""Reading and writing a sense dictionary folder (kept apart from the tensor code in ``model``).
 
 Layout of ``<cache>/sense_dicts/<name>/`` (rebuilt by ``training/build_sense_dictionary.py``,
 never committed: it is tens of MB):
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from embedsvc.strategies._senses import SenseTable
+from embedsvc.strategies.multisense.model import SenseTable
 
 MANIFEST = "manifest.json"
 ARRAYS = "senses.npz"
