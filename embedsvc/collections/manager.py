@@ -21,6 +21,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from embedsvc.collections.collection import DOCS_FILE, META_FILE, Collection, CollectionMeta
 from embedsvc.collections.ownership import DataDirLock
 from embedsvc.collections.storage import storage_guarded
@@ -41,6 +43,10 @@ log = logging.getLogger(__name__)
 _NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _TMP_PREFIX = ".tmp-"
 _DELETED_PREFIX = ".deleted-"
+
+
+class UnreadableCollection(FailedPrecondition):
+    """A collection whose ``meta.json`` does not validate: it can be deleted, not opened."""
 
 
 def validate_name(name: Any) -> str:
@@ -160,7 +166,18 @@ class CollectionManager:
                     f"no collection named {shorten(name)}; existing collections: {existing}",
                     field="name",
                 )
-            meta = CollectionMeta.model_validate_json(meta_path.read_text())
+            try:
+                meta = CollectionMeta.model_validate_json(meta_path.read_text())
+            except ValidationError as exc:  # e.g. index parameters past today's bounds
+                problems = "; ".join(
+                    f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg')}"
+                    for e in exc.errors()[:3]
+                )
+                raise UnreadableCollection(
+                    f"collection {name!r} cannot be opened: its {META_FILE} is not valid "
+                    f"({problems}); delete the collection and create it again",
+                    field="name",
+                ) from None
             collection = Collection(self.data_dir / name, meta)
             self._open[name] = collection
             return collection
@@ -178,11 +195,15 @@ class CollectionManager:
     def delete(self, name: str) -> None:
         """Remove a collection and its files; handles still held on it start failing."""
         with self._lock:
-            collection = self.get(name)
-            if collection.read_only:
-                collection.check_writable()  # raises, leaving the collection open
-            collection.close(checkpoint=False)
-            del self._open[name]
+            try:
+                collection = self.get(name)
+            except UnreadableCollection:
+                collection = None  # removed without opening it
+            if collection is not None:
+                if collection.read_only:
+                    collection.check_writable()  # raises, leaving the collection open
+                collection.close(checkpoint=False)
+                del self._open[name]
             gone = self.data_dir / f"{_DELETED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
             (self.data_dir / name).rename(gone)
             fsync_dir(self.data_dir)

@@ -66,3 +66,23 @@ def test_probe_and_read_only_uri(tmp_path):
     (tmp_path / "docs.sqlite-wal").touch()
     (tmp_path / "docs.sqlite-shm").touch()
     assert read_only_uri(db).endswith("?mode=ro")  # read through the WAL a crash left
+
+
+def test_a_collection_with_out_of_bounds_settings_is_refused_not_opened(tmp_path):
+    """A meta.json from before the index-parameter bounds (hnsw_m=1000000) is not rebuilt."""
+    import json
+
+    from embedsvc.collections import CollectionManager
+    from embedsvc.errors import FailedPrecondition
+
+    with CollectionManager(tmp_path) as manager:
+        manager.create("c", "s", "dense", 8, "hnsw")
+    meta = tmp_path / "c" / "meta.json"
+    data = json.loads(meta.read_text())
+    data["index_config"]["hnsw_m"] = 1000000
+    meta.write_text(json.dumps(data))
+    with CollectionManager(tmp_path) as manager:
+        with pytest.raises(FailedPrecondition, match="hnsw_m.*create it again"):
+            manager.get("c")
+        manager.delete("c")  # what the message advises works without opening it
+        assert manager.list() == []
