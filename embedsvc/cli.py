@@ -89,13 +89,15 @@ def _readable_corpus(path: Path) -> int:
     raise typer.Exit(2)
 
 
-def _ensure_collection(engine, name: str, strategy: str, index_kind: str | None) -> None:
+def _ensure_collection(
+    engine, name: str, strategy: str, index_kind: str | None, backend: str = "faiss"
+) -> None:
     from embedsvc.errors import NotFound
 
     try:
         engine.collections.get(name)
     except NotFound:
-        engine.create_collection(name, strategy=strategy, index_kind=index_kind)
+        engine.create_collection(name, strategy=strategy, index_kind=index_kind, backend=backend)
 
 
 @app.command()
@@ -186,6 +188,9 @@ def index(
     collection: str = typer.Option(..., "--collection", "-c"),
     strategy: str = typer.Option("mean", help="strategy when the collection is created"),
     index_kind: str = typer.Option(None, help="index kind when created (flat, ivf, hnsw, ...)"),
+    backend: str = typer.Option(
+        "faiss", help="where a new collection lives: faiss (data folder) or milvus (milvus.uri)"
+    ),
     server: str = typer.Option(None, help="host:port of a running server (else in-process)"),
     data_dir: Path = typer.Option(None, help="in-process: where collections persist"),
     config: Path = typer.Option(None),
@@ -218,13 +223,15 @@ def index(
             typer.echo("error: --engine must be local or ray", err=True)
             raise typer.Exit(2)
         elif server:
-            counts = _index_via_server(server, file, collection, strategy, index_kind, batch_size)
+            counts = _index_via_server(
+                server, file, collection, strategy, index_kind, batch_size, backend
+            )
         else:
             from embedsvc.engine import Engine
 
             engine = Engine(_config(config, data_dir=data_dir))
             try:
-                _ensure_collection(engine, collection, strategy, index_kind)
+                _ensure_collection(engine, collection, strategy, index_kind, backend)
                 counts = _index_into_engine(engine, file, collection, batch_size)
             finally:
                 engine.close()
@@ -234,7 +241,13 @@ def index(
 
 
 def _index_via_server(
-    target: str, file: Path, collection: str, strategy: str, index_kind: str | None, chunk: int
+    target: str,
+    file: Path,
+    collection: str,
+    strategy: str,
+    index_kind: str | None,
+    chunk: int,
+    backend: str = "faiss",
 ) -> dict[str, int]:
     import grpc
     from tqdm import tqdm
@@ -248,7 +261,9 @@ def _index_via_server(
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-            client.create_collection(collection, strategy=strategy, index_kind=index_kind or "")
+            client.create_collection(
+                collection, strategy=strategy, index_kind=index_kind or "", backend=backend
+            )
         bar = tqdm(total=count_documents(file), unit="doc", desc=f"index {collection}")
 
         def counted():

@@ -114,6 +114,25 @@ class LoggingConfig(BaseModel):
         return level
 
 
+class MilvusConfig(BaseModel):
+    """Where collections created with ``backend: milvus`` live (needs the ``milvus`` extra).
+
+    No ``uri``: the embedded milvus-lite database ``<data_dir>/milvus.db`` (one process, owned
+    with the data folder). A cluster: ``http://host:19530`` (and ``token`` when it has auth);
+    every embedsvc replica pointing at it sees the same collections.
+    """
+
+    uri: str | None = None
+    token: str | None = None
+    db_name: str = ""
+    #: Milvus collection name = prefix + the embedsvc name (``-``/``.`` escaped)
+    collection_prefix: str = Field("embedsvc_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    #: Strong = read your own writes, as the FAISS backend does; Bounded trades that for speed
+    consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    #: seconds one Milvus call may take
+    timeout_s: float = Field(30.0, gt=0)
+
+
 class ServiceConfig(BaseSettings):
     """Everything the service needs; every field has a working default."""
 
@@ -135,6 +154,7 @@ class ServiceConfig(BaseSettings):
     tls: TlsConfig = TlsConfig()
     http: HttpConfig = HttpConfig()
     tracing: TracingConfig = TracingConfig()
+    milvus: MilvusConfig = MilvusConfig()
     logging: LoggingConfig = LoggingConfig()
     #: seconds a forward pass may run before health reports NOT_SERVING (engine wedged)
     watchdog_timeout_s: float = Field(120.0, gt=0)

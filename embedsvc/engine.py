@@ -71,7 +71,7 @@ class Engine:
         self.search_batcher = (
             SearchBatcher(self.config.batching) if self.config.batching.batch_searches else None
         )
-        self.collections = CollectionManager(self.config.data_dir)
+        self.collections = CollectionManager(self.config.data_dir, milvus=self.config.milvus)
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
 
@@ -177,7 +177,9 @@ class Engine:
         strategy: str | None = None,
         index_kind: str | None = None,
         index_params: dict[str, Any] | None = None,
+        backend: str | None = None,
     ):
+        """A new collection of ``strategy`` on ``backend`` (faiss, the default, or milvus)."""
         strat = self.strategy(strategy)
         kind = index_kind or ("binary" if strat.output_kind == "binary" else "flat")
         return self.collections.create(
@@ -187,6 +189,7 @@ class Engine:
             dim=strat.dim,
             index_kind=kind,
             index_config=index_params or None,
+            backend=backend or "faiss",
         )
 
     def upsert(self, collection: str, documents: list[Document]) -> UpsertCounts:
