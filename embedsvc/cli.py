@@ -122,6 +122,16 @@ def serve(
     demo_collection: str = typer.Option(DEMO_COLLECTION, help="the collection --demo fills"),
     log_level: str = typer.Option(None, help="DEBUG, INFO, ... (default: logging.level, INFO)"),
     log_format: str = typer.Option(None, help="text | json (default: logging.format, text)"),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="deploy on Ray Serve instead (embedding replicas + one collection replica behind "
+        "Ray's gRPC proxy on ray_serve.grpc_port and HTTP proxy on ray_serve.http_port; needs "
+        "the serve extra)",
+    ),
+    address: str = typer.Option(
+        None, help="--ray: a running Ray cluster (ray://head:10001, auto); default: local Ray"
+    ),
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (then drain and checkpoint).
 
@@ -146,6 +156,13 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(cfg.logging)
+    if ray:
+        if demo:
+            typer.echo("error: --demo is not supported with --ray", err=True)
+            raise typer.Exit(2)
+        if address:
+            cfg.ray_serve.address = address
+        raise typer.Exit(_serve_on_ray(cfg))
 
     def warm_up(engine, startup) -> None:
         if not demo:
@@ -180,6 +197,36 @@ def serve(
     except EmbedsvcError as exc:  # e.g. the data folder is owned by another process
         _fail(exc)
     raise typer.Exit(status)
+
+
+def _serve_on_ray(cfg) -> int:
+    """Deploy on Ray Serve and wait for SIGTERM/SIGINT, then shut the application down."""
+    import signal
+    import threading
+
+    try:
+        from embedsvc.server import ray_serve
+    except ImportError as exc:
+        typer.echo(f"error: --ray needs the serve extra (pip install 'embedsvc[serve]'): {exc}")
+        return 2
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    try:
+        ray_serve.start(cfg)
+    except EmbedsvcError as exc:
+        _fail(exc)
+    rs = cfg.ray_serve
+    print(
+        f"embedsvc on Ray Serve: gRPC on {rs.host}:{rs.grpc_port}, http on "
+        f"{rs.host}:{rs.http_port} ({rs.embedding_replicas} embedding replicas)",
+        flush=True,
+    )
+    done.wait()
+    from ray import serve
+
+    serve.delete(rs.application)
+    return 0
 
 
 @app.command()

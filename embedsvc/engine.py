@@ -63,7 +63,16 @@ class StrategyInfo:
 class Engine:
     """What the service does, as a library."""
 
-    def __init__(self, config: ServiceConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig | None = None,
+        collections: bool = True,
+        encoder: Any = None,
+    ) -> None:
+        """``collections=False``: an embedding-only engine that owns no data folder (a Ray Serve
+        embedding replica). ``encoder``: a callable with ``Batcher.encode``'s signature that runs
+        the forward passes elsewhere (the Ray Serve collection replica hands them to the
+        embedding replicas); validation and token counting stay here."""
         self.config = config or ServiceConfig()
         # strategies load their backbones through default_cache_dir(); point it at ours
         os.environ["EMBEDSVC_CACHE_DIR"] = str(self.config.cache_dir)
@@ -71,7 +80,12 @@ class Engine:
         self.search_batcher = (
             SearchBatcher(self.config.batching) if self.config.batching.batch_searches else None
         )
-        self.collections = CollectionManager(self.config.data_dir, milvus=self.config.milvus)
+        self.collections = (
+            CollectionManager(self.config.data_dir, milvus=self.config.milvus)
+            if collections
+            else None
+        )
+        self.encoder = encoder
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
 
@@ -153,7 +167,7 @@ class Engine:
                         field=f"{what}[{i}]",
                     )
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
-        emb = self.batcher.encode(strategy, texts, role, normalize, tokens)
+        emb = (self.encoder or self.batcher.encode)(strategy, texts, role, normalize, tokens)
         emb.timings["tokenize"] = tokenize
         telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=len(texts))
         return emb
@@ -300,4 +314,5 @@ class Engine:
         self.batcher.close()
         if self.search_batcher is not None:
             self.search_batcher.close()
-        self.collections.close()
+        if self.collections is not None:
+            self.collections.close()
