@@ -105,10 +105,12 @@ def main() -> None:
     rows = []
     # Ray gives each replica OMP_NUM_THREADS = its whole CPUs (1 here): the plain server is
     # measured with torch's default threads and with 1, so the overhead is read like for like
+    import torch
+
+    default_threads = torch.get_num_threads()
     for threads in (None, 1):
-        config = base.model_copy(
-            update={"torch_threads": threads, "data_dir": data / f"d{threads}"}
-        )
+        torch.set_num_threads(threads or default_threads)  # the server runs in this process
+        config = base.model_copy(update={"data_dir": data / f"d{threads}"})
         service, port = create_server(config)
         service.start()
         with EmbedsvcClient(f"127.0.0.1:{port}", timeout=120) as client:
