@@ -319,3 +319,10 @@ def start(config: ServiceConfig, blocking: bool = False) -> None:
         ),
     )
     serve.run(build_app(config), name=rs.application, route_prefix="/", blocking=blocking)
+
+
+def app_builder(args: dict[str, str]) -> Any:
+    """For ``serve run embedsvc.server.ray_serve:app_builder config=embedsvc.yaml`` (or a Serve
+    config file's ``import_path``); the gRPC proxy then needs ``grpc_options`` with
+    :data:`GRPC_SERVICER_FUNCTIONS` in that file. ``embedsvc serve --ray`` sets both up."""
+    return build_app(ServiceConfig.load(args.get("config")))
