@@ -5,12 +5,13 @@ Same model (``mean``, all-MiniLM-L6-v2, torch), same client, same texts (STS-B s
 
 * ``latency``: one text per Embed call, calls back to back from one client: p50/p99 in ms; the
   difference between the rows is the per-request overhead of Ray Serve's path (proxy ->
-  frontend replica -> embedding replica and back);
+  frontend replica -> embedding replica and back) over a plain ``embedsvc serve`` process;
 * ``throughput``: 8 client threads, 16 texts per call, for ``--seconds``: texts/s.
 
-The plain server runs first and is stopped, then a local Ray (2 CPUs) with 1 embedding replica,
-then the same application redeployed with 2. On 2 cores, a second replica has no cores of its
-own to run on: the numbers show the overhead and whether anything is lost, not scaling.
+The plain server (a separate ``embedsvc serve`` process) runs first and is stopped, then a
+local Ray (2 CPUs) with 1 embedding replica, then the same application redeployed with 2. On 2
+cores a second replica has no cores of its own to run on: the numbers show the overhead and
+whether anything is lost, not scaling.
 
     /work/bin/quiet python benchmarks/bench_ray_serve.py --json out.json
 """
@@ -95,7 +96,6 @@ def main() -> None:
 
     from embedsvc.client import EmbedsvcClient
     from embedsvc.config import HttpConfig, RayServeConfig, ServiceConfig
-    from embedsvc.server import create_server
 
     texts = stsb_sentences(2000)
     data = Path(tempfile.mkdtemp(prefix="bench-ray-"))
@@ -103,21 +103,15 @@ def main() -> None:
         port=0, data_dir=data / "direct", preload_strategies=["mean"], http=HttpConfig(port=0)
     )
     rows = []
-    # Ray gives each replica OMP_NUM_THREADS = its whole CPUs (1 here): the plain server is
-    # measured with torch's default threads and with 1, so the overhead is read like for like
-    import torch
+    # the plain server is its own process (`embedsvc serve`), as each Ray replica is; Ray gives a
+    # replica OMP_NUM_THREADS = its CPUs (1 here), so the plain server runs with 1 and with 2
+    from embedsvc.testing import ServerProcess
 
-    default_threads = torch.get_num_threads()
-    for threads in (None, 1):
-        torch.set_num_threads(threads or default_threads)  # the server runs in this process
-        config = base.model_copy(update={"data_dir": data / f"d{threads}"})
-        service, port = create_server(config)
-        service.start()
-        with EmbedsvcClient(f"127.0.0.1:{port}", timeout=120) as client:
-            client.wait_ready(timeout=300)
-            label = f"grpc server, torch threads {threads or default_threads}"
-            rows.append(cell(label, client, texts, args))
-        service.stop(grace=1)
+    for threads in (2, 1):
+        env = {"OMP_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "false"}
+        with ServerProcess(data / f"d{threads}", env=env) as server:
+            label = f"embedsvc serve process, {threads} torch thread(s)"
+            rows.append(cell(label, server.client, texts, args))
 
     import ray
     from ray import serve
