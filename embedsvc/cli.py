@@ -210,12 +210,13 @@ def _serve_on_ray(cfg) -> int:
         typer.echo(f"error: --ray needs the serve extra (pip install 'embedsvc[serve]'): {exc}")
         return 2
     done = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: done.set())
-    signal.signal(signal.SIGINT, lambda *_: done.set())
     try:
         ray_serve.start(cfg)
     except EmbedsvcError as exc:
         _fail(exc)
+    # after ray.init, which installs handlers of its own
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
     rs = cfg.ray_serve
     print(
         f"embedsvc on Ray Serve: gRPC on {rs.host}:{rs.grpc_port}, http on "
@@ -226,6 +227,8 @@ def _serve_on_ray(cfg) -> int:
     from ray import serve
 
     serve.delete(rs.application)
+    serve.shutdown()
+    print("embedsvc on Ray Serve: stopped", flush=True)
     return 0
 
 
