@@ -172,6 +172,7 @@ def test_every_process_on_one_milvus_sees_the_same_collections(
     b.close()
 
 
+@pytest.mark.usefixtures("milvus_server")  # skips without the extra
 def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
     """Embedded milvus-lite: the owning process and its milvus child are both killed (-9) right
     after acknowledgements; everything acknowledged is there on reopen."""
@@ -217,6 +218,7 @@ def test_kill_9_loses_no_acknowledged_write(tmp_path: Path) -> None:
             assert sum(t == e for t, e in zip(top, expected, strict=True)) >= 48, b
 
 
+@pytest.mark.usefixtures("milvus_server")  # skips without the extra
 def test_embedded_file_is_owned_with_the_data_folder(tmp_path: Path) -> None:
     with CollectionManager(tmp_path) as m:
         assert m.list() == [] and not (tmp_path / "milvus.db").exists()  # nothing started

@@ -18,6 +18,7 @@ from embedsvc.client import EmbedsvcClient
 from embedsvc.config import HttpConfig, RayServeConfig, ServiceConfig
 from tests.server import test_errors, test_service
 
+pytest.importorskip("watchfiles", reason="the serve extra (ray[serve]) is not installed")
 serve = pytest.importorskip("ray.serve", reason="the serve extra (ray[serve]) is not installed")
 
 
