@@ -133,6 +133,50 @@ class LoggingConfig(BaseModel):
         return level
 
 
+class MilvusConfig(BaseModel):
+    """Where collections created with ``backend: milvus`` live (needs the ``milvus`` extra).
+
+    No ``uri``: the embedded milvus-lite database ``<data_dir>/milvus.db`` (one process, owned
+    with the data folder). A cluster: ``http://host:19530`` (and ``token`` when it has auth);
+    every embedsvc replica pointing at it sees the same collections.
+    """
+
+    uri: str | None = None
+    token: str | None = None
+    db_name: str = ""
+    #: Milvus collection name = prefix + the embedsvc name (``-``/``.`` escaped)
+    collection_prefix: str = Field("embedsvc_", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+    #: Strong = read your own writes, as the FAISS backend does; Bounded trades that for speed
+    consistency_level: Literal["Strong", "Bounded", "Session", "Eventually"] = "Strong"
+    #: seconds one Milvus call may take
+    timeout_s: float = Field(30.0, gt=0)
+
+
+class RayServeConfig(BaseModel):
+    """``embedsvc serve --ray``: the service as Ray Serve deployments (needs the ``serve`` extra).
+
+    Embedding replicas are stateless (one model copy each); the collection side owns the data
+    folder, so it is one replica per data folder (replicated search is the Milvus backend's).
+    Clients reach both through Ray Serve's proxies: gRPC on ``grpc_port``, HTTP on ``http_port``.
+    """
+
+    #: a running cluster (``ray://head:10001`` or ``auto``); None = start a local Ray
+    address: str | None = None
+    host: str = "127.0.0.1"
+    grpc_port: int = 9000
+    http_port: int = 8000
+    embedding_replicas: int = Field(1, ge=1)
+    #: autoscale embedding replicas on queue length between these bounds (None = fixed count)
+    max_embedding_replicas: int | None = Field(None, ge=1)
+    target_ongoing_requests: float = Field(8.0, gt=0)
+    embedding_num_cpus: float = Field(1.0, ge=0)
+    embedding_num_gpus: float = Field(0.0, ge=0)
+    collection_num_cpus: float = Field(1.0, ge=0)
+    #: concurrent requests one replica takes before Ray queues them (the batcher merges them)
+    max_ongoing_requests: int = Field(64, ge=1)
+    application: str = "embedsvc"
+
+
 class ServiceConfig(BaseSettings):
     """Everything the service needs; every field has a working default."""
 
@@ -155,6 +199,8 @@ class ServiceConfig(BaseSettings):
     http: HttpConfig = HttpConfig()
     metrics: MetricsConfig = MetricsConfig()
     tracing: TracingConfig = TracingConfig()
+    milvus: MilvusConfig = MilvusConfig()
+    ray_serve: RayServeConfig = RayServeConfig()
     logging: LoggingConfig = LoggingConfig()
     #: seconds a forward pass may run before health reports NOT_SERVING (engine wedged)
     watchdog_timeout_s: float = Field(120.0, gt=0)

@@ -69,7 +69,16 @@ class StrategyInfo:
 class Engine:
     """What the service does, as a library."""
 
-    def __init__(self, config: ServiceConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig | None = None,
+        collections: bool = True,
+        encoder: Any = None,
+    ) -> None:
+        """``collections=False``: an embedding-only engine that owns no data folder (a Ray Serve
+        embedding replica). ``encoder``: a callable with ``Batcher.encode``'s signature that runs
+        the forward passes elsewhere (the Ray Serve collection replica hands them to the
+        embedding replicas); validation and token counting stay here."""
         self.config = config or ServiceConfig()
         # strategies load their backbones through default_cache_dir(); point it at ours
         os.environ["EMBEDSVC_CACHE_DIR"] = str(self.config.cache_dir)
@@ -77,7 +86,12 @@ class Engine:
         self.search_batcher = (
             SearchBatcher(self.config.batching) if self.config.batching.batch_searches else None
         )
-        self.collections = CollectionManager(self.config.data_dir)
+        self.collections = (
+            CollectionManager(self.config.data_dir, milvus=self.config.milvus)
+            if collections
+            else None
+        )
+        self.encoder = encoder
         self._loaded: set[str] = set()
         self._load_lock = threading.Lock()
 
@@ -163,7 +177,7 @@ class Engine:
                         field=f"{what}[{i}]",
                     )
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
-        emb = self.batcher.encode(strategy, texts, role, normalize, tokens)
+        emb = (self.encoder or self.batcher.encode)(strategy, texts, role, normalize, tokens)
         emb.timings["tokenize"] = tokenize
         telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=len(texts))
         return emb
@@ -187,7 +201,9 @@ class Engine:
         strategy: str | None = None,
         index_kind: str | None = None,
         index_params: dict[str, Any] | None = None,
+        backend: str | None = None,
     ):
+        """A new collection of ``strategy`` on ``backend`` (faiss, the default, or milvus)."""
         strat = self.strategy(strategy)
         kind = index_kind or ("binary" if strat.output_kind == "binary" else "flat")
         return self.collections.create(
@@ -197,6 +213,7 @@ class Engine:
             dim=strat.dim,
             index_kind=kind,
             index_config=index_params or None,
+            backend=backend or "faiss",
         )
 
     def upsert(self, collection: str, documents: list[Document]) -> UpsertCounts:
@@ -315,4 +332,5 @@ class Engine:
         self.batcher.close()
         if self.search_batcher is not None:
             self.search_batcher.close()
-        self.collections.close()
+        if self.collections is not None:
+            self.collections.close()

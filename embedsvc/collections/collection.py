@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -53,6 +53,8 @@ class CollectionMeta(BaseModel):
     dim: int = Field(ge=1)
     index_kind: str
     index_config: IndexConfig = Field(default_factory=IndexConfig)
+    #: where documents and vectors live: this folder's SQLite + FAISS files, or Milvus
+    backend: Literal["faiss", "milvus"] = "faiss"
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
@@ -75,6 +77,44 @@ class UpsertResult:
 
     def __iter__(self):
         return iter((self.inserted, self.updated))
+
+
+def check_embedding(meta: CollectionMeta, embedding: Embedding, what: str) -> np.ndarray:
+    """The embedding's vectors as a contiguous [n, width] array of the collection's kind."""
+    kind = getattr(embedding, "kind", None)
+    if kind != meta.output_kind:
+        raise FailedPrecondition(
+            f"collection {meta.name!r} stores {meta.output_kind} embeddings of strategy "
+            f"{meta.strategy!r} (index kind {meta.index_kind!r}), got a {kind} {what}"
+        )
+    vectors = np.asarray(embedding.vectors)
+    if vectors.ndim == 1:
+        vectors = vectors.reshape(1, -1)
+    width = meta.dim // 8 if meta.output_kind == "binary" else meta.dim
+    if vectors.ndim != 2 or vectors.shape[1] != width:
+        raise InvalidArgument(
+            f"collection {meta.name!r} has dimension {meta.dim}; {what} has shape "
+            f"{list(vectors.shape)} (expected [n, {width}])"
+        )
+    dtype = np.uint8 if meta.output_kind == "binary" else np.float32
+    return np.ascontiguousarray(vectors, dtype=dtype)
+
+
+def check_documents(ids: list, texts: list, metas: list, embedding: Embedding) -> None:
+    """Equal lengths, non-empty string ids, string texts, no id twice."""
+    if not (len(ids) == len(texts) == len(metas) == len(embedding)):
+        raise InvalidArgument(
+            f"ids ({len(ids)}), texts ({len(texts)}), metadatas ({len(metas)}) and "
+            f"embeddings ({len(embedding)}) must have the same length"
+        )
+    for i, (id_, text) in enumerate(zip(ids, texts, strict=True)):
+        if not isinstance(id_, str) or not id_:
+            raise InvalidArgument("document ids must be non-empty strings", field=f"ids[{i}]")
+        if not isinstance(text, str):
+            raise InvalidArgument("texts must be strings", field=f"texts[{i}]")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InvalidArgument(f"document id {dup!r} appears twice in one request", field="ids")
 
 
 class Collection:
@@ -133,19 +173,7 @@ class Collection:
         self.check_writable()
         ids, texts = list(ids), list(texts)
         metas = list(metadatas) if metadatas is not None else [None] * len(ids)
-        if not (len(ids) == len(texts) == len(metas) == len(embedding)):
-            raise InvalidArgument(
-                f"ids ({len(ids)}), texts ({len(texts)}), metadatas ({len(metas)}) and "
-                f"embeddings ({len(embedding)}) must have the same length"
-            )
-        for i, (id_, text) in enumerate(zip(ids, texts, strict=True)):
-            if not isinstance(id_, str) or not id_:
-                raise InvalidArgument("document ids must be non-empty strings", field=f"ids[{i}]")
-            if not isinstance(text, str):
-                raise InvalidArgument("texts must be strings", field=f"texts[{i}]")
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise InvalidArgument(f"document id {dup!r} appears twice in one request", field="ids")
+        check_documents(ids, texts, metas, embedding)
         vectors = self._check_embedding(embedding, "embedding")
         payloads = getattr(embedding, "payloads", None)
         if payloads is not None and len(payloads) != len(ids):
@@ -229,6 +257,7 @@ class Collection:
                 "dim": self.dim,
                 "index_kind": self.index_kind,
                 "index_config": self.meta.index_config.model_dump(),
+                "backend": "faiss",
                 "count": self._store.count(),
                 "index_count": self._index.count,
                 "generation": self._store.generation,
@@ -284,23 +313,7 @@ class Collection:
             raise FailedPrecondition(read_only_message(self.directory, "read-only file system"))
 
     def _check_embedding(self, embedding: Embedding, what: str) -> np.ndarray:
-        kind = getattr(embedding, "kind", None)
-        if kind != self.output_kind:
-            raise FailedPrecondition(
-                f"collection {self.name!r} stores {self.output_kind} embeddings of strategy "
-                f"{self.strategy!r} (index kind {self.index_kind!r}), got a {kind} {what}"
-            )
-        vectors = np.asarray(embedding.vectors)
-        if vectors.ndim == 1:
-            vectors = vectors.reshape(1, -1)
-        width = self.dim // 8 if self.output_kind == "binary" else self.dim
-        if vectors.ndim != 2 or vectors.shape[1] != width:
-            raise InvalidArgument(
-                f"collection {self.name!r} has dimension {self.dim}; {what} has shape "
-                f"{list(vectors.shape)} (expected [n, {width}])"
-            )
-        dtype = np.uint8 if self.output_kind == "binary" else np.float32
-        return np.ascontiguousarray(vectors, dtype=dtype)
+        return check_embedding(self.meta, embedding, what)
 
     def _decode(self, rows: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
         dtype = np.uint8 if self.output_kind == "binary" else np.float32

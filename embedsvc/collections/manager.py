@@ -5,6 +5,11 @@ the folder under a temporary name and renames it into place, and deletion rename
 removing it, so a crash never leaves a half-made collection visible. Collections open lazily on
 first ``get`` and stay open until ``delete``/``close``.
 
+Collections created with ``backend="milvus"`` live in Milvus instead (``milvus.MilvusCatalog``:
+their settings and documents both; no folder here), so ``list``/``get`` consult Milvus too
+(only once a Milvus URI is configured or the embedded ``data_dir/milvus.db`` exists, so the
+default FAISS-only service never imports pymilvus).
+
 A data folder has one owning process: the manager holds the folder's lock (``ownership``) from
 construction to ``close``, and a second manager on the same folder is refused with
 :class:`~embedsvc.collections.ownership.DataDirOwned`, naming the owner.
@@ -27,6 +32,7 @@ from embedsvc.collections.collection import DOCS_FILE, META_FILE, Collection, Co
 from embedsvc.collections.ownership import DataDirLock
 from embedsvc.collections.storage import storage_guarded
 from embedsvc.collections.store import DocStore
+from embedsvc.config import MilvusConfig
 from embedsvc.errors import (
     AlreadyExists,
     EmbedsvcError,
@@ -60,16 +66,24 @@ def validate_name(name: Any) -> str:
 
 
 class CollectionManager:
-    def __init__(self, data_dir: str | Path, checkpoint_interval_s: float | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | Path,
+        checkpoint_interval_s: float | None = None,
+        milvus: MilvusConfig | None = None,
+    ) -> None:
         """Open and own ``data_dir`` (created if missing), or raise ``DataDirOwned`` at once if
-        another process (or manager) owns it; with an interval, snapshot in the background."""
+        another process (or manager) owns it; with an interval, snapshot in the background.
+        ``milvus``: where ``backend="milvus"`` collections live (default: embedded, here)."""
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         #: taken before anything is touched: the leftovers below may be a live owner's work
         self.owner_lock = DataDirLock(self.data_dir)
         self._lock = threading.RLock()
-        self._open: dict[str, Collection] = {}
+        self._open: dict[str, Any] = {}
         self._closed = False
+        self._milvus_config = milvus or MilvusConfig()
+        self._milvus: Any = None  # MilvusCatalog, made on first need (imports nothing before)
         for leftover in self.data_dir.iterdir():  # crashed creates/deletes
             if leftover.name.startswith((_TMP_PREFIX, _DELETED_PREFIX)):
                 shutil.rmtree(leftover, ignore_errors=True)
@@ -93,9 +107,16 @@ class CollectionManager:
         dim: int,
         index_kind: str,
         index_config: IndexConfig | dict[str, Any] | None = None,
-    ) -> Collection:
-        """A new empty collection; its settings are fixed from now on."""
+        backend: str = "faiss",
+    ) -> Any:
+        """A new empty collection; its settings are fixed from now on. ``backend``: ``faiss``
+        (files in this folder) or ``milvus`` (see ``embedsvc.collections.milvus``)."""
         validate_name(name)
+        if backend not in ("faiss", "milvus"):
+            raise InvalidArgument(
+                f"unknown collection backend {backend!r}; valid backends: faiss, milvus",
+                field="backend",
+            )
         if not isinstance(strategy, str) or not strategy:
             raise InvalidArgument("strategy must be a non-empty name", field="strategy")
         if output_kind not in ("dense", "binary"):
@@ -123,6 +144,11 @@ class CollectionManager:
                 field="index_kind",
             )
         config = check_index_config(index_config, dim)  # bounded: InvalidArgument naming the field
+        if config.milvus_index_type and backend != "milvus":
+            raise InvalidArgument(
+                "milvus_index_type applies to Milvus collections only (backend: milvus)",
+                field="index_config",
+            )
         meta = CollectionMeta(
             name=name,
             strategy=strategy,
@@ -130,12 +156,20 @@ class CollectionManager:
             dim=dim,
             index_kind=index_kind,
             index_config=config,
+            backend=backend,
         )
         with self._lock:
             self._check_open()
             final = self.data_dir / name
-            if final.exists():
+            if final.exists() or (
+                (backend == "milvus" or self._catalog().in_use)
+                and self._catalog().meta(name) is not None
+            ):
                 raise AlreadyExists(f"collection {name!r} already exists", field="name")
+            if backend == "milvus":
+                collection = self._catalog().create(meta)
+                self._open[name] = collection
+                return collection
             tmp = self.data_dir / f"{_TMP_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
             tmp.mkdir()
             try:
@@ -153,14 +187,22 @@ class CollectionManager:
             return collection
 
     @storage_guarded("data_dir")
-    def get(self, name: str) -> Collection:
+    def get(self, name: str) -> Any:
+        """The open ``Collection`` (FAISS) or ``MilvusCollection`` named ``name``."""
         with self._lock:
             self._check_open()
             collection = self._open.get(name)
             if collection is not None:
                 return collection
             meta_path = self.data_dir / name / META_FILE
-            if not isinstance(name, str) or not _NAME.fullmatch(name) or not meta_path.is_file():
+            valid = isinstance(name, str) and bool(_NAME.fullmatch(name))
+            if valid and not meta_path.is_file():
+                meta = self._catalog().meta(name)
+                if meta is not None:
+                    collection = self._catalog().open(meta)
+                    self._open[name] = collection
+                    return collection
+            if not valid or not meta_path.is_file():
                 existing = ", ".join(self.list()) or "(none)"
                 raise NotFound(
                     f"no collection named {shorten(name)}; existing collections: {existing}",
@@ -185,11 +227,12 @@ class CollectionManager:
     @storage_guarded("data_dir")
     def list(self) -> list[str]:
         with self._lock:
-            return sorted(
+            local = {
                 p.name
                 for p in self.data_dir.iterdir()
                 if not p.name.startswith(".") and (p / META_FILE).is_file()
-            )
+            }
+            return sorted(local | set(self._catalog().names()))
 
     @storage_guarded("data_dir")
     def delete(self, name: str) -> None:
@@ -200,10 +243,13 @@ class CollectionManager:
             except UnreadableCollection:
                 collection = None  # removed without opening it
             if collection is not None:
-                if collection.read_only:
+                if getattr(collection, "read_only", False):
                     collection.check_writable()  # raises, leaving the collection open
                 collection.close(checkpoint=False)
                 del self._open[name]
+                if collection.meta.backend == "milvus":
+                    self._catalog().drop(name)
+                    return
             gone = self.data_dir / f"{_DELETED_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
             (self.data_dir / name).rename(gone)
             fsync_dir(self.data_dir)
@@ -231,6 +277,8 @@ class CollectionManager:
             finally:
                 self._open.clear()
                 self._closed = True
+                if self._milvus is not None:
+                    self._milvus.close()
                 self.owner_lock.release()
 
     def __enter__(self) -> CollectionManager:
@@ -242,6 +290,13 @@ class CollectionManager:
     def _check_open(self) -> None:
         if self._closed:
             raise FailedPrecondition("the collection manager is closed")
+
+    def _catalog(self) -> Any:
+        if self._milvus is None:
+            from embedsvc.collections.milvus import MilvusCatalog
+
+            self._milvus = MilvusCatalog(self._milvus_config, self.data_dir)
+        return self._milvus
 
     def _checkpoint_loop(self, interval: float) -> None:
         while not self._stop.wait(interval):

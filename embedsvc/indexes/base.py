@@ -75,6 +75,12 @@ class IndexConfig(BaseModel):
         4096, ge=0, le=65536, description="filters allowing <= this many ids score exactly"
     )
     use_gpu: bool = Field(True, description="mirror to a GPU when faiss sees one (see gpu.py)")
+    milvus_index_type: str | None = Field(
+        None,
+        pattern=r"^[A-Z][A-Z0-9_]{1,31}$",
+        description="Milvus backend only: this Milvus index type instead of the kind's own "
+        "(e.g. GPU_CAGRA, GPU_IVF_FLAT, DISKANN on a cluster); passed through unchecked",
+    )
 
 
 def index_param_ranges() -> dict[str, str]:

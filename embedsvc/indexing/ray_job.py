@@ -277,6 +277,13 @@ def run_ray_index(job: RayIndexConfig, service: ServiceConfig | None = None) -> 
 
         try:
             coll = manager.get(job.collection)
+            if coll.meta.backend != "faiss":
+                from embedsvc.errors import FailedPrecondition
+
+                raise FailedPrecondition(
+                    f"collection {job.collection!r} is a Milvus collection; the Ray job writes "
+                    "FAISS collections: index it with `embedsvc index` (in-process or --server)"
+                )
             stored = stored_digests(coll.directory)
             strategy = coll.strategy
         except NotFound:

@@ -89,6 +89,7 @@ def collection_to_proto(info: dict[str, Any]) -> cpb.Collection:
         dim=info["dim"],
         document_count=info["count"],
         index_params={k: str(v) for k, v in (info.get("index_params") or {}).items()},
+        backend=info.get("backend", "faiss"),
     )
 
 
@@ -119,6 +120,7 @@ class CollectionServicer(cgrpc.CollectionServiceServicer):
             strategy=request.strategy or None,
             index_kind=request.index_kind or None,
             index_params=_index_params(dict(request.index_params)),
+            backend=request.backend or None,
         )
         return cpb.CreateCollectionResponse(collection=collection_to_proto(coll.describe()))
 
