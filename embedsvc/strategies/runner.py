@@ -100,6 +100,22 @@ class Runner:
         self.strategy = strategy
         self.executor = executor if executor is not None else strategy.executor
 
+    def _run(
+        self, texts: Sequence[str], role: Role, truncate: bool, finish: Any
+    ) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
+        """pre -> limit -> length-sorted batches -> collate -> executor -> ``finish(outputs,
+        feeds)`` per batch, written back in order; with the token and truncated counts."""
+        s = self.strategy
+        feats = s.pre(check_texts(texts), role)
+        seen, truncated = apply_token_limit(feats.counts, s.max_tokens, truncate)
+
+        def run(idx: np.ndarray) -> dict[str, Any]:
+            feeds = s.collate([feats.ids[i] for i in idx])
+            return finish(self.executor.run(feeds), feeds)
+
+        lengths = [len(x) for x in feats.ids]
+        return map_batches(lengths, run, s.batch_size, s.token_budget), seen, truncated
+
     def outputs(
         self,
         texts: Sequence[str],
@@ -112,23 +128,16 @@ class Runner:
         truncated counts: what callers read when they want more than ``post`` (DupMAE's three
         channels, the sense ids of each token). ``per_token`` outputs come back as one array
         per text over its real tokens, beside each text's ``input_ids``."""
-        s = self.strategy
-        texts = check_texts(texts)
-        feats = s.pre(texts, role)
-        seen, truncated = apply_token_limit(feats.counts, s.max_tokens, truncate)
 
-        def run(idx: np.ndarray) -> dict[str, Any]:
-            feeds = s.collate([feats.ids[i] for i in idx])
-            out = self.executor.run(feeds)
+        def finish(out: dict[str, Any], feeds: dict[str, np.ndarray]) -> dict[str, Any]:
             mask = feeds["attention_mask"].astype(bool)
+            rows = range(len(mask))
             for name in per_token:  # [B, T, ...] -> per row, its real tokens only
-                out[name] = [out[name][j][mask[j]] for j in range(len(idx))]
-            out["input_ids"] = [feeds["input_ids"][j][mask[j]] for j in range(len(idx))]
+                out[name] = [out[name][j][mask[j]] for j in rows]
+            out["input_ids"] = [feeds["input_ids"][j][mask[j]] for j in rows]
             return out
 
-        lengths = [len(x) for x in feats.ids]
-        result = map_batches(lengths, run, s.batch_size, s.token_budget)
-        return result, seen, truncated
+        return self._run(texts, role, truncate, finish)
 
     def encode(
         self,
@@ -138,20 +147,16 @@ class Runner:
         normalize: bool = True,
         truncate: bool = True,
     ) -> Embedding:
+        """``post`` of every batch: the served :class:`Embedding`, in the callers' order."""
         s = self.strategy
-        texts = check_texts(texts)
-        if not texts:
+        if not check_texts(texts):
             return Embedding.empty(s.output_kind, s.dim)
-        feats = s.pre(texts, role)
-        seen, truncated = apply_token_limit(feats.counts, s.max_tokens, truncate)
 
-        def run(idx: np.ndarray) -> dict[str, Any]:
-            feeds = s.collate([feats.ids[i] for i in idx])
-            vectors, payloads = s.post(self.executor.run(feeds), feeds, role, normalize)
+        def finish(out: dict[str, Any], feeds: dict[str, np.ndarray]) -> dict[str, Any]:
+            vectors, payloads = s.post(out, feeds, role, normalize)
             return {"vectors": vectors, "payloads": payloads}
 
-        lengths = [len(x) for x in feats.ids]
-        out = map_batches(lengths, run, s.batch_size, s.token_budget)
+        out, seen, truncated = self._run(texts, role, truncate, finish)
         return Embedding(
             s.output_kind, out["vectors"], s.dim, seen, truncated, payloads=out.get("payloads")
         )

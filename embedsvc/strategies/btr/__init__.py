@@ -102,10 +102,9 @@ class BinaryTokenRepresentations(HFStrategy):
     output_kind = "binary"
     config_cls = BTRConfig
     description = "BTR: binary token codes (cut layer) + 256-bit sentence codes, re-ranking"
-    #: measured int8 - fp32 STS-B dev Spearman (docs/results/issue7.md)
-    int8_sts_delta = -0.49
     config: BTRConfig
     _parts: dict[str, Any] | None = None
+    int8_sts_delta = -0.49  # int8 - fp32 STS-B dev (Hamming), measured in issue 7
 
     # ------------------------------------------------------------------ loading
     @property

@@ -124,8 +124,7 @@ class DupMAE(HFStrategy):
     output_kind = "dense"
     config_cls = DupMAEConfig
     description = "DupMAE: [CLS] reduced + top-k ordinary-token vocab channel (hashed)"
-    #: measured int8 - fp32 STS-B dev Spearman (docs/results/issue7.md)
-    int8_sts_delta = -0.75  # fine-tuned, both channels; variants: not measured
+    int8_sts_delta = -0.75  # fine-tuned, both channels; variants: not measured (issue 7)
     config: DupMAEConfig
     _model: _Loaded | None = None
 

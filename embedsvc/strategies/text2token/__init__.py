@@ -60,8 +60,7 @@ class Text2Token(HFStrategy):
     output_kind = "dense"
     config_cls = Text2TokenConfig
     description = "Text2Token: token-target-prediction-trained backbone, mean pooling"
-    #: measured int8 - fp32 STS-B dev Spearman (docs/results/issue7.md)
-    int8_sts_delta = -0.85  # stage 2; the other stages were not measured
+    int8_sts_delta = -0.85  # stage 2; the other stages were not measured (issue 7)
     config: Text2TokenConfig
     _model: Any = None
     _digest = "none"
