@@ -228,7 +228,11 @@ class HttpServer:
 
         import uvicorn
 
-        self._socket = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        # proto=IPPROTO_TCP, not 0: asyncio (and uvloop) set TCP_NODELAY on accepted
+        # connections only when the listening socket says it is TCP; with proto 0 every small
+        # response met Nagle + the client's delayed ACK, a fixed 40 ms per request
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._socket = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._socket.bind((host, port))
         self.port = self._socket.getsockname()[1]
