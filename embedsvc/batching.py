@@ -1,9 +1,16 @@
 """Cross-request micro-batching: many concurrent requests, one forward pass (or one FAISS call).
 
 A :class:`MicroBatcher` keeps one bounded queue and one worker thread. The worker takes the
-oldest request, waits up to ``max_wait_ms`` for company, and runs every queued request that
-shares its key in one call while the batch stays within a cost budget (tokens for a forward
-pass, queries for a search) and an item cap. A request larger than the budget runs alone. Past
+oldest request and runs every queued request that shares its key in one call while the batch
+stays within a cost budget (tokens for a forward pass, queries for a search) and an item cap. A
+request larger than the budget runs alone.
+
+When to wait for company (TEI's queue does the same): a lone request on an idle worker runs at
+once, so one sequential client never pays ``max_wait_ms``. Under load, i.e. when the previous
+batch carried several requests, the worker waits up to ``max_wait_ms`` (counted from the oldest
+request's arrival) for as many requests as that batch carried, so a steady set of concurrent
+clients keeps sharing forward passes instead of splitting into a lone request and the rest.
+Requests that queued while a batch was running have waited already and go at once. Past
 ``max_queue`` queued items a new request is refused with ResourceExhausted at once, so overload
 is answered, not absorbed until memory runs out. One worker is right on CPU: torch and FAISS
 already use every core inside one call.
@@ -85,6 +92,8 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._busy_since: float | None = None
+        #: requests the previous batch carried: how much company the next one waits for
+        self._last_batch_requests = 1
         self._worker = threading.Thread(target=self._run, name=f"embedsvc-{name}", daemon=True)
         self._worker.start()
 
@@ -133,9 +142,11 @@ class MicroBatcher:
                 if self._closed:
                     return None
                 self._cond.wait()
-            # give concurrent callers a moment to join the first request's batch
+            # under load, give concurrent callers a moment to join the oldest request's batch;
+            # a lone request on an idle worker (previous batch: one request) goes at once
+            expected = self._last_batch_requests
             deadline = self._queue[0].enqueued_at + self.max_wait_ms / 1000.0
-            while not self._closed:
+            while not self._closed and len(self._queue) < expected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._queued >= self.max_items:
                     break
@@ -173,6 +184,7 @@ class MicroBatcher:
             finally:
                 elapsed = time.monotonic() - started
                 self._busy_since = None
+            self._last_batch_requests = len(live)
             items, cost = sum(r.items for r in live), sum(r.cost for r in live)
             self.stats.batches += 1
             self.stats.requests += len(live)

@@ -29,7 +29,12 @@ class BatchingConfig(BaseModel):
 
     max_batch_tokens: int = Field(4096, ge=1, description="token budget of one forward pass")
     max_batch_texts: int = Field(256, ge=1)
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a request waits for company")
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="under load, how long a batch waits for company (a lone request on an idle "
+        "worker never waits)",
+    )
     max_queue_texts: int = Field(8192, ge=1, description="past this, RESOURCE_EXHAUSTED")
     #: run concurrent searches of one collection as one multi-query FAISS call (index kinds that
     #: gain from it only: ``VectorIndex.gains_from_batching``, i.e. flat)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -22,9 +23,10 @@ def test_results_come_back_in_order_and_match_direct_encode(debug):
     batcher = Batcher(BatchingConfig(max_wait_ms=20))
     texts = [[f"alpha {i}", f"beta {i} gamma"] for i in range(20)]
     results: dict[int, np.ndarray] = {}
+    slow = create_strategy("debug", delay_ms=20)  # requests queue while a batch runs
 
     def call(i: int) -> None:
-        results[i] = batcher.encode(debug, texts[i], Role.QUERY, True, 4).vectors
+        results[i] = batcher.encode(slow, texts[i], Role.QUERY, True, 4).vectors
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
     for t in threads:
@@ -146,3 +148,34 @@ def test_engine_batches_only_index_kinds_that_gain_from_it(tmp_path, kind, batch
     assert hits[0][0].id == "3"
     assert bool(seen) is batched
     engine.close()
+
+
+def test_lone_request_on_idle_worker_runs_at_once(debug):
+    """One sequential client never waits max_wait_ms (the worker is idle, nobody else queues)."""
+    batcher = Batcher(BatchingConfig(max_wait_ms=2000))
+    for _ in range(3):
+        emb = batcher.encode(debug, ["alone"], Role.QUERY)
+        assert emb.timings["queue"] < 1.0, emb.timings
+    batcher.close()
+    assert batcher.stats.batches == 3
+
+
+@pytest.mark.parametrize("max_wait_ms, batches", [(2000, 3), (0, 4)])
+def test_under_load_a_batch_waits_for_company(max_wait_ms, batches):
+    """After a batch of two requests, the next request waits (up to max_wait_ms) for a second
+    one instead of running alone; with max_wait_ms=0 it runs alone."""
+    slow = create_strategy("debug", delay_ms=100)
+    batcher = Batcher(BatchingConfig(max_wait_ms=max_wait_ms))
+    first = batcher.submit(slow, ["a"], Role.QUERY, True, 1)  # runs alone: the worker was idle
+    while not first.running():
+        time.sleep(0.001)
+    pair = [batcher.submit(slow, [t], Role.QUERY, True, 1) for t in ("b", "c")]  # queue behind
+    for f in (first, *pair):
+        f.result(10)
+    assert batcher.stats.largest_batch_requests == 2
+    late = batcher.submit(slow, ["d"], Role.QUERY, True, 1)
+    time.sleep(0.05)
+    later = batcher.submit(slow, ["e"], Role.QUERY, True, 1)
+    late.result(10), later.result(10)
+    batcher.close()
+    assert batcher.stats.batches == batches
