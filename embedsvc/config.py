@@ -81,6 +81,10 @@ class HttpConfig(BaseModel):
     enabled: bool = True
     #: 0 = any free port
     port: int = 8080
+    #: uvicorn's event loop: ``auto`` = uvloop when installed (it is a dependency), else asyncio
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    #: uvicorn's HTTP/1.1 parser: ``auto`` = httptools when installed (a dependency), else h11
+    parser: Literal["auto", "h11", "httptools"] = "auto"
 
 
 class TracingConfig(BaseModel):

@@ -8,10 +8,12 @@ status codes is the transport's job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +75,8 @@ class Engine:
         )
         self.collections = CollectionManager(self.config.data_dir)
         self._loaded: set[str] = set()
+        #: strategies that have answered a request (their model is loaded)
+        self._warm: set[str] = set()
         self._load_lock = threading.Lock()
 
     # -- strategies ----------------------------------------------------------------------------
@@ -94,6 +98,7 @@ class Engine:
         for name in self.config.preload_strategies:
             strategy = self.strategy(name)
             strategy.encode(["warm-up"], Role.QUERY)
+            self._warm.add(strategy.name)
 
     def list_strategies(self) -> list[StrategyInfo]:
         infos = []
@@ -140,6 +145,20 @@ class Engine:
         strict: bool,
         what: str = "texts",
     ) -> Embedding:
+        future, tokenize = self._submit(strategy, texts, role, normalize, strict, what)
+        return self._finish(future.result(), strategy, tokenize, len(texts))
+
+    def _submit(
+        self,
+        strategy: Strategy,
+        texts: list[str],
+        role: Role,
+        normalize: bool,
+        strict: bool,
+        what: str = "texts",
+    ) -> tuple[Future, float]:
+        """Count tokens on the calling thread, queue the texts: (the batcher's future, seconds
+        spent tokenising)."""
         started = time.perf_counter()
         counts = strategy.count_tokens(texts, role)
         tokenize = time.perf_counter() - started
@@ -153,9 +172,12 @@ class Engine:
                         field=f"{what}[{i}]",
                     )
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
-        emb = self.batcher.encode(strategy, texts, role, normalize, tokens)
+        return self.batcher.submit(strategy, texts, role, normalize, tokens), tokenize
+
+    def _finish(self, emb: Embedding, strategy: Strategy, tokenize: float, n: int) -> Embedding:
         emb.timings["tokenize"] = tokenize
-        telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=len(texts))
+        telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=n)
+        self._warm.add(strategy.name)
         return emb
 
     def embed(
@@ -168,6 +190,28 @@ class Engine:
     ) -> Embedding:
         self._validate_texts(texts, "texts", self.config.limits.max_texts_per_request)
         return self._encode(self.strategy(strategy), texts, role, normalize, strict)
+
+    def is_warm(self, strategy: str | None) -> bool:
+        """``strategy`` has answered a request already (its model is loaded)."""
+        return (strategy or DEFAULT_STRATEGY) in self._warm
+
+    async def embed_async(
+        self,
+        texts: list[str],
+        strategy: str | None = None,
+        role: Role = Role.QUERY,
+        normalize: bool = True,
+        strict: bool = False,
+    ) -> Embedding:
+        """:meth:`embed` for an event loop without a thread hop: validation and the token count
+        run on the calling (loop) thread, the forward on the batcher's worker, and the loop
+        serves other requests meanwhile. Meant for small requests of a warm strategy (a cold
+        one loads its model in the first call, which would block the loop)."""
+        self._validate_texts(texts, "texts", self.config.limits.max_texts_per_request)
+        strat = self.strategy(strategy)
+        future, tokenize = self._submit(strat, texts, role, normalize, strict)
+        emb = await asyncio.wrap_future(future)
+        return self._finish(emb, strat, tokenize, len(texts))
 
     # -- collections ---------------------------------------------------------------------------
 

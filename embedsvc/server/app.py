@@ -81,7 +81,8 @@ class Service:
         self.http: HttpServer | None = None
         if config.http.enabled:
             app = create_app(self.engine, self.auth, self.metrics, self.serving, self.tracing)
-            self.http = HttpServer(app, config.host, config.http.port, config.tls)
+            http = config.http
+            self.http = HttpServer(app, config.host, http.port, config.tls, http.loop, http.parser)
         # the data folder's owner record names this server, so a refused process can point to it
         self.engine.collections.owner_lock.record(
             grpc=f"{config.host}:{self.port}",

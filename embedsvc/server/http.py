@@ -6,6 +6,13 @@ collection, ``GET /v1/models`` lists strategies, ``GET /health`` mirrors gRPC he
 ``GET /metrics`` is the Prometheus exposition. Errors use the same mapping as gRPC
 (:func:`embedsvc.server.status.to_http`) with OpenAI's error body. Every response carries
 ``x-request-id`` (the caller's, when valid) and ``x-total-time``.
+
+The request path is kept short, because a RAG backend embeds one query per request: the
+listening socket is TCP so every connection gets TCP_NODELAY (no Nagle + delayed-ACK wait),
+uvicorn runs on uvloop and httptools when installed, observation is a plain ASGI middleware (no
+extra task and stream per request), responses are written with orjson (numpy vectors directly),
+and a small request to a warm strategy is tokenised on the event loop and awaits the batcher's
+future there (no thread hop; larger or cold ones run in the thread pool).
 """
 
 from __future__ import annotations
@@ -16,10 +23,13 @@ import time
 from typing import Any, Literal
 
 import numpy as np
+import orjson
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from embedsvc import telemetry
 from embedsvc.engine import Engine
@@ -34,6 +44,101 @@ from embedsvc.strategies import Role
 
 #: probes and scrapes: access lines at DEBUG, never traced
 _QUIET_ROUTES = frozenset(("/health", "/metrics"))
+#: requests up to this many characters are tokenised on the event loop (about a millisecond of
+#: tokenizer time at most); longer ones go to the thread pool so the loop keeps serving
+_INLINE_CHARS = 16_384
+
+
+class JSONResponse(Response):
+    """JSON written by orjson: numpy arrays and float32 scalars serialise directly."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Observe:
+    """Request id (``x-request-id`` in, or new; always sent back), ``x-total-time``, the access
+    line, metrics and the span of every HTTP request: a plain ASGI middleware (Starlette's
+    ``@app.middleware("http")`` runs the app in a second task behind memory streams)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, tracing: Tracing | None) -> None:
+        self.app, self.metrics, self.tracing = app, metrics, tracing
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        route, method = scope["path"], scope["method"]
+        quiet = route in _QUIET_ROUTES
+        traced = None if quiet else self.tracing
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        request_id = telemetry.accept_request_id(headers.get(telemetry.REQUEST_ID_HEADER))
+        tokens = telemetry.enter(request_id, traced.tracer if traced else None)
+        span = None
+        if traced is not None:
+            span = traced.start(
+                f"{method} {route}",
+                {
+                    "http.request.method": method,
+                    "url.path": route,
+                    "http.route": route,
+                    "embedsvc.request_id": request_id,
+                },
+                headers,
+            )
+        status, error, started, finished = 500, None, False, False
+
+        def finish() -> None:
+            """The access line, the span and the metric: once, before the response's last
+            bytes leave (so they are written when the client has its answer)."""
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            elapsed = time.perf_counter() - start
+            try:
+                if span is not None:
+                    traced.finish(
+                        span,
+                        {"http.response.status_code": status},
+                        error=str(status) if status >= 500 else None,
+                        exception=error,
+                    )
+                log_access(status, elapsed, route=route, http_method=method, quiet=quiet)
+            finally:
+                self.metrics.observe_rpc(f"HTTP {route}", str(status), elapsed)
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, started
+            if message["type"] == "http.response.start":
+                started, status = True, message["status"]
+                elapsed = time.perf_counter() - start
+                message["headers"] = [
+                    *message.get("headers", ()),
+                    (b"x-total-time", f"{elapsed * 1000:.2f}".encode()),
+                    (telemetry.REQUEST_ID_HEADER.encode(), request_id.encode()),
+                ]
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                finish()
+            await send(message)
+
+        try:
+            try:
+                await self.app(scope, receive, send_observed)
+            except Exception as exc:  # a bug: INTERNAL with the request id, trace to the log
+                error = exc
+                if started:
+                    raise
+                code, body = to_http(exc)
+                await JSONResponse(body, status_code=code)(scope, receive, send_observed)
+        finally:
+            try:
+                finish()
+            finally:
+                telemetry.leave(tokens)
 
 
 class EmbeddingsRequest(BaseModel):
@@ -55,10 +160,11 @@ class SearchBody(BaseModel):
     filter: dict[str, Any] | None = None
 
 
-def _encode_vector(vector: np.ndarray, encoding: str) -> list[float] | str:
+def _encode_vector(vector: np.ndarray, encoding: str) -> np.ndarray | str:
     if encoding == "base64":  # OpenAI's format: little-endian float32 bytes
         return base64.b64encode(vector.astype("<f4").tobytes()).decode()
-    return vector.astype(float).tolist()
+    # orjson writes float32 arrays directly, each value in its shortest round-trip form
+    return np.ascontiguousarray(vector, dtype=np.float32)
 
 
 def create_app(
@@ -68,61 +174,21 @@ def create_app(
     serving: Readiness,
     tracing: Tracing | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="embedsvc", version="1", docs_url=None, redoc_url=None)
+    app = FastAPI(
+        title="embedsvc",
+        version="1",
+        docs_url=None,
+        redoc_url=None,
+        default_response_class=JSONResponse,
+    )
+    app.add_middleware(Observe, metrics=metrics, tracing=tracing)
 
     def authorize(route: str) -> Any:
-        def check(authorization: str | None = Header(None)) -> None:
+        # async: a sync dependency would cost a thread-pool hop per request
+        async def check(authorization: str | None = Header(None)) -> None:
             auth.check(route, authorization)
 
         return Depends(check)
-
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
-        """Request id (``x-request-id`` in, or new; always sent back), access line, span."""
-        start = time.perf_counter()
-        route, method = request.url.path, request.method
-        quiet = route in _QUIET_ROUTES
-        traced = None if quiet else tracing
-        request_id = telemetry.accept_request_id(request.headers.get(telemetry.REQUEST_ID_HEADER))
-        tokens = telemetry.enter(request_id, traced.tracer if traced else None)
-        span = None
-        if traced is not None:
-            span = traced.start(
-                f"{method} {route}",
-                {
-                    "http.request.method": method,
-                    "url.path": route,
-                    "http.route": route,
-                    "embedsvc.request_id": request_id,
-                },
-                dict(request.headers),
-            )
-        status, error = 500, None
-        try:
-            try:
-                response = await call_next(request)
-            except Exception as exc:  # a bug: INTERNAL with the request id, trace to the log
-                error = exc
-                code, body = to_http(exc)
-                response = JSONResponse(body, status_code=code)
-            status = response.status_code
-        finally:
-            elapsed = time.perf_counter() - start
-            try:
-                if span is not None:
-                    traced.finish(
-                        span,
-                        {"http.response.status_code": status},
-                        error=str(status) if status >= 500 else None,
-                        exception=error,
-                    )
-                log_access(status, elapsed, route=route, http_method=method, quiet=quiet)
-            finally:
-                telemetry.leave(tokens)
-        metrics.observe_rpc(f"HTTP {route}", str(status), elapsed)
-        response.headers["x-total-time"] = f"{elapsed * 1000:.2f}"
-        response.headers[telemetry.REQUEST_ID_HEADER] = request_id
-        return response
 
     @app.exception_handler(EmbedsvcError)
     async def on_error(request: Request, exc: EmbedsvcError) -> JSONResponse:
@@ -141,7 +207,7 @@ def create_app(
         return JSONResponse(body, status_code=status)
 
     @app.get("/health")
-    def health() -> Response:
+    async def health() -> Response:
         if serving.is_set():
             return JSONResponse({"status": "SERVING"})
         # why not (gRPC health has no such field; the server logs the same lines)
@@ -162,9 +228,13 @@ def create_app(
         }
 
     @app.post("/v1/embeddings", dependencies=[authorize("Embed")])
-    def embeddings(body: EmbeddingsRequest) -> JSONResponse:
+    async def embeddings(body: EmbeddingsRequest) -> JSONResponse:
         texts = [body.input] if isinstance(body.input, str) else body.input
-        emb = engine.embed(texts, body.model, Role(body.role), True, body.strict_length)
+        args = (texts, body.model, Role(body.role), True, body.strict_length)
+        if engine.is_warm(body.model) and sum(map(len, texts)) <= _INLINE_CHARS:
+            emb = await engine.embed_async(*args)
+        else:
+            emb = await run_in_threadpool(engine.embed, *args)
         if emb.kind != "dense":
             raise InvalidArgument(
                 f"model {body.model!r} returns binary codes; /v1/embeddings serves dense "
@@ -223,7 +293,9 @@ def create_app(
 class HttpServer:
     """uvicorn in a background thread (signals stay with the main thread's gRPC loop)."""
 
-    def __init__(self, app: FastAPI, host: str, port: int, tls=None) -> None:
+    def __init__(
+        self, app: FastAPI, host: str, port: int, tls=None, loop: str = "auto", parser: str = "auto"
+    ) -> None:
         import socket
 
         import uvicorn
@@ -240,7 +312,15 @@ class HttpServer:
         if tls is not None and tls.enabled:
             ssl = {"ssl_certfile": str(tls.cert_file), "ssl_keyfile": str(tls.key_file)}
         # log_config=None: uvicorn's lines go through the process's handlers (JSON or text)
-        config = uvicorn.Config(app, log_level="warning", access_log=False, log_config=None, **ssl)
+        config = uvicorn.Config(
+            app,
+            loop=loop,
+            http=parser,
+            log_level="warning",
+            access_log=False,
+            log_config=None,
+            **ssl,
+        )
         self.server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self.server.run,
