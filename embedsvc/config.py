@@ -36,6 +36,9 @@ class BatchingConfig(BaseModel):
         "worker never waits)",
     )
     max_queue_texts: int = Field(8192, ge=1, description="past this, RESOURCE_EXHAUSTED")
+    #: a blocking caller (gRPC worker thread) runs a lone request's forward itself when the
+    #: worker is idle and there is no load, sparing two thread hand-offs; off = always the worker
+    run_on_caller: bool = True
     #: run concurrent searches of one collection as one multi-query FAISS call (index kinds that
     #: gain from it only: ``VectorIndex.gains_from_batching``, i.e. flat)
     batch_searches: bool = True

@@ -145,7 +145,7 @@ class Engine:
         strict: bool,
         what: str = "texts",
     ) -> Embedding:
-        future, tokenize = self._submit(strategy, texts, role, normalize, strict, what)
+        future, tokenize = self._submit(strategy, texts, role, normalize, strict, what, True)
         return self._finish(future.result(), strategy, tokenize, len(texts))
 
     def _submit(
@@ -156,9 +156,10 @@ class Engine:
         normalize: bool,
         strict: bool,
         what: str = "texts",
+        on_caller: bool = False,
     ) -> tuple[Future, float]:
         """Count tokens on the calling thread, queue the texts: (the batcher's future, seconds
-        spent tokenising)."""
+        spent tokenising). ``on_caller``: a blocking caller may run the forward itself."""
         started = time.perf_counter()
         counts = strategy.count_tokens(texts, role)
         tokenize = time.perf_counter() - started
@@ -172,7 +173,8 @@ class Engine:
                         field=f"{what}[{i}]",
                     )
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
-        return self.batcher.submit(strategy, texts, role, normalize, tokens), tokenize
+        future = self.batcher.submit(strategy, texts, role, normalize, tokens, on_caller)
+        return future, tokenize
 
     def _finish(self, emb: Embedding, strategy: Strategy, tokenize: float, n: int) -> Embedding:
         emb.timings["tokenize"] = tokenize

@@ -179,3 +179,41 @@ def test_under_load_a_batch_waits_for_company(max_wait_ms, batches):
     late.result(10), later.result(10)
     batcher.close()
     assert batcher.stats.batches == batches
+
+
+class _Recording:
+    """Wraps a strategy; records the thread each forward ran on."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.threads = inner, "recording", []
+
+    def encode(self, texts, role, normalize=True):
+        self.threads.append(threading.current_thread().name)
+        return self.inner.encode(texts, role, normalize=normalize)
+
+
+def test_idle_blocking_caller_runs_the_forward_itself(debug):
+    rec = _Recording(debug)
+    batcher = Batcher(BatchingConfig(max_wait_ms=0))
+    assert batcher.encode(rec, ["x"], Role.QUERY).vectors.shape == (1, 32)
+    assert rec.threads == [threading.current_thread().name]
+    batcher.close()
+
+    rec = _Recording(debug)
+    batcher = Batcher(BatchingConfig(max_wait_ms=0, run_on_caller=False))
+    batcher.encode(rec, ["x"], Role.QUERY)
+    assert rec.threads == ["embedsvc-batcher"]
+    batcher.close()
+
+
+def test_busy_worker_queues_a_blocking_caller():
+    """One forward at a time: while the worker runs a batch, a blocking caller queues."""
+    slow = create_strategy("debug", delay_ms=200)
+    rec = _Recording(slow)
+    batcher = Batcher(BatchingConfig(max_wait_ms=0))
+    running = batcher.submit(slow, ["a"], Role.QUERY, True, 1)
+    while not running.running():
+        time.sleep(0.001)
+    batcher.encode(rec, ["b"], Role.QUERY)
+    assert running.done() and rec.threads == ["embedsvc-batcher"]
+    batcher.close()
