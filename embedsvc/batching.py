@@ -5,12 +5,11 @@ oldest request and runs every queued request that shares its key in one call whi
 stays within a cost budget (tokens for a forward pass, queries for a search) and an item cap. A
 request larger than the budget runs alone.
 
-When to wait for company (TEI's queue does the same): a lone request on an idle worker runs at
-once, so one sequential client never pays ``max_wait_ms``. Under load, i.e. when the previous
-batch carried several requests, the worker waits up to ``max_wait_ms`` (counted from the oldest
-request's arrival) for as many requests as that batch carried, so a steady set of concurrent
-clients keeps sharing forward passes instead of splitting into a lone request and the rest.
-Requests that queued while a batch was running have waited already and go at once. Past
+When to wait for company: a lone request on an idle worker runs at once (as TEI's queue does),
+so one sequential client never pays ``max_wait_ms``. Under load, i.e. when the previous batch
+carried several requests, the free worker waits up to ``max_wait_ms`` for as many requests as
+that batch carried, so a steady set of concurrent clients keeps sharing forward passes instead
+of settling into a lone request and the rest (1, n-1, 1, n-1, ...: half the throughput). Past
 ``max_queue`` queued items a new request is refused with ResourceExhausted at once, so overload
 is answered, not absorbed until memory runs out. One worker is right on CPU: torch and FAISS
 already use every core inside one call.
@@ -168,9 +167,12 @@ class MicroBatcher:
                     return None
                 self._cond.wait()
             # under load, give concurrent callers a moment to join the oldest request's batch;
-            # a lone request on an idle worker (previous batch: one request) goes at once
+            # a lone request on an idle worker (previous batch: one request) goes at once. The
+            # wait counts from now, when the worker is free: the callers of the batch that just
+            # finished are sending their next requests (counting from the oldest request's
+            # arrival instead settles into alternating batches of 1 and n-1)
             expected = self._last_batch_requests
-            deadline = self._queue[0].enqueued_at + self.max_wait_ms / 1000.0
+            deadline = time.monotonic() + self.max_wait_ms / 1000.0
             while not self._closed and len(self._queue) < expected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._queued >= self.max_items:

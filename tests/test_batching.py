@@ -217,3 +217,30 @@ def test_busy_worker_queues_a_blocking_caller():
     batcher.encode(rec, ["b"], Role.QUERY)
     assert running.done() and rec.threads == ["embedsvc-batcher"]
     batcher.close()
+
+
+def test_steady_concurrent_clients_keep_full_batches():
+    """8 closed-loop clients: once a batch of 8 ran, the free worker waits for all 8 next
+    requests instead of settling into alternating batches of 1 and 7 (half the throughput)."""
+    # the wait (40 ms) is shorter than a forward (60 ms): a request that queued during the
+    # forward must still wait for the others once the worker is free
+    slow = create_strategy("debug", delay_ms=60)
+    sizes: list[int] = []
+    batcher = Batcher(BatchingConfig(max_wait_ms=40), on_batch=lambda n, c, e: sizes.append(n))
+
+    def client() -> None:
+        for i in range(10):
+            batcher.encode(slow, [f"t {i}"], Role.QUERY)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    threads[0].start()  # its first request runs alone; the other 7 queue behind it
+    while batcher.busy_for() == 0:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert sum(sizes) == 80
+    # e.g. [1, 7, 8, 8, ...] or [1, 8, ..., 8, 7]; alternating 1 and 7 would be 20 batches
+    assert len(sizes) <= 12 and sizes.count(8) >= 8, sizes
