@@ -154,11 +154,16 @@ class MicroBatcher:
         return 0.0 if started is None else time.monotonic() - started
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish what is queued, then stop the worker."""
+        """Finish what is queued, then stop the worker; also wait for a batch running on a
+        caller's thread (``on_caller``), so nothing is mid-forward when the engine closes."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._worker.join(timeout)
+        with self._cond:
+            while self._running and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
 
     def _take_batch(self) -> list[_Request] | None:
         with self._cond:
