@@ -29,8 +29,16 @@ class BatchingConfig(BaseModel):
 
     max_batch_tokens: int = Field(4096, ge=1, description="token budget of one forward pass")
     max_batch_texts: int = Field(256, ge=1)
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a request waits for company")
+    max_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        description="under load, how long a batch waits for company (a lone request on an idle "
+        "worker never waits)",
+    )
     max_queue_texts: int = Field(8192, ge=1, description="past this, RESOURCE_EXHAUSTED")
+    #: a blocking caller (gRPC worker thread) runs a lone request's forward itself when the
+    #: worker is idle and there is no load, sparing two thread hand-offs; off = always the worker
+    run_on_caller: bool = True
     #: run concurrent searches of one collection as one multi-query FAISS call (index kinds that
     #: gain from it only: ``VectorIndex.gains_from_batching``, i.e. flat)
     batch_searches: bool = True
@@ -84,6 +92,11 @@ class HttpConfig(BaseModel):
     #: largest request body accepted, counted while reading (Content-Length and chunked alike);
     #: larger ones get 413 before more than this is read
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+    #: uvicorn's event loop: ``auto`` = uvloop when installed (it is a dependency), else asyncio
+    loop: Literal["auto", "asyncio", "uvloop"] = "auto"
+    #: uvicorn's HTTP/1.1 parser: ``auto`` = httptools when installed (a dependency), else h11
+    parser: Literal["auto", "h11", "httptools"] = "auto"
 
 
 class MetricsConfig(BaseModel):

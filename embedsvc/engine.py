@@ -8,10 +8,12 @@ status codes is the transport's job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -93,6 +95,8 @@ class Engine:
         )
         self.encoder = encoder
         self._loaded: set[str] = set()
+        #: strategies that have answered a request (their model is loaded)
+        self._warm: set[str] = set()
         self._load_lock = threading.Lock()
 
     # -- strategies ----------------------------------------------------------------------------
@@ -115,6 +119,7 @@ class Engine:
             prepare(name, self.config)  # the ONNX export, when the runtime needs one
             strategy = self.strategy(name)
             strategy.encode(["warm-up"], Role.QUERY)
+            self._warm.add(strategy.name)
 
     def list_strategies(self) -> list[StrategyInfo]:
         infos = []
@@ -164,6 +169,21 @@ class Engine:
         strict: bool,
         what: str = "texts",
     ) -> Embedding:
+        future, tokenize = self._submit(strategy, texts, role, normalize, strict, what, True)
+        return self._finish(future.result(), strategy, tokenize, len(texts))
+
+    def _submit(
+        self,
+        strategy: Strategy,
+        texts: list[str],
+        role: Role,
+        normalize: bool,
+        strict: bool,
+        what: str = "texts",
+        on_caller: bool = False,
+    ) -> tuple[Future, float]:
+        """Count tokens on the calling thread, queue the texts: (the batcher's future, seconds
+        spent tokenising). ``on_caller``: a blocking caller may run the forward itself."""
         started = time.perf_counter()
         counts = strategy.count_tokens(texts, role)
         tokenize = time.perf_counter() - started
@@ -177,9 +197,20 @@ class Engine:
                         field=f"{what}[{i}]",
                     )
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
-        emb = (self.encoder or self.batcher.encode)(strategy, texts, role, normalize, tokens)
+        if self.encoder is not None:  # forwards run elsewhere (a Ray embedding replica)
+            future: Future = Future()
+            try:
+                future.set_result(self.encoder(strategy, texts, role, normalize, tokens))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                future.set_exception(exc)
+            return future, tokenize
+        future = self.batcher.submit(strategy, texts, role, normalize, tokens, on_caller)
+        return future, tokenize
+
+    def _finish(self, emb: Embedding, strategy: Strategy, tokenize: float, n: int) -> Embedding:
         emb.timings["tokenize"] = tokenize
-        telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=len(texts))
+        telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=n)
+        self._warm.add(strategy.name)
         return emb
 
     def embed(
@@ -192,6 +223,30 @@ class Engine:
     ) -> Embedding:
         self._validate_texts(texts, "texts", self.config.limits.max_texts_per_request)
         return self._encode(self.strategy(strategy), texts, role, normalize, strict)
+
+    def is_warm(self, strategy: str | None) -> bool:
+        """``strategy`` has answered a request already (its model is loaded)."""
+        return (strategy or DEFAULT_STRATEGY) in self._warm
+
+    async def embed_async(
+        self,
+        texts: list[str],
+        strategy: str | None = None,
+        role: Role = Role.QUERY,
+        normalize: bool = True,
+        strict: bool = False,
+    ) -> Embedding:
+        """:meth:`embed` for an event loop without a thread hop: validation and the token count
+        run on the calling (loop) thread, the forward on the batcher's worker, and the loop
+        serves other requests meanwhile. Meant for small requests of a warm strategy (a cold
+        one loads its model in the first call, which would block the loop)."""
+        if self.encoder is not None:  # a remote forward blocks: keep it off the loop
+            return await asyncio.to_thread(self.embed, texts, strategy, role, normalize, strict)
+        self._validate_texts(texts, "texts", self.config.limits.max_texts_per_request)
+        strat = self.strategy(strategy)
+        future, tokenize = self._submit(strat, texts, role, normalize, strict)
+        emb = await asyncio.wrap_future(future)
+        return self._finish(emb, strat, tokenize, len(texts))
 
     # -- collections ---------------------------------------------------------------------------
 

@@ -103,7 +103,8 @@ class Service:
                 max_body_bytes=config.http.max_body_bytes,
                 health_detail=lambda: dict(self.degraded),
             )
-            self.http = HttpServer(app, config.host, config.http.port, config.tls)
+            http = config.http
+            self.http = HttpServer(app, config.host, http.port, config.tls, http.loop, http.parser)
         #: the separate Prometheus listener (config.metrics.port), no key; None without one
         self.metrics_port: int | None = None
         if config.metrics.port is not None:
