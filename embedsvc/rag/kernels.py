@@ -18,9 +18,22 @@ What
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 MAX_ROWS = 6
+_enabled = [True]
+
+
+@contextmanager
+def plain_linear() -> Iterator[None]:
+    """Within this block patched layers use ``F.linear`` (e.g. to time plain ``generate``)."""
+    _enabled.append(False)
+    try:
+        yield
+    finally:
+        _enabled.pop()
 
 
 def small_batch_linear(x: Any, weight: Any, bias: Any = None, max_rows: int = MAX_ROWS) -> Any:
@@ -29,7 +42,7 @@ def small_batch_linear(x: Any, weight: Any, bias: Any = None, max_rows: int = MA
     import torch.nn.functional as F
 
     rows = x.numel() // x.shape[-1]
-    if rows > max_rows:
+    if rows > max_rows or not _enabled[-1]:
         return F.linear(x, weight, bias)
     flat = x.reshape(rows, x.shape[-1])
     if rows == 1:

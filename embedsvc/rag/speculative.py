@@ -285,14 +285,23 @@ class SpeculativeDecoder:
                 field="max_new_tokens",
             )
 
-    def _drafts(self, tokens: list[int], state: Any, budget: int, stats: GenerationStats) -> Any:
+    def _drafts(
+        self, drafter: Any, tokens: list[int], state: Any, budget: int, stats: GenerationStats
+    ) -> tuple[list[list[int]], list[float] | None]:
+        """(drafts best first, trimmed to the budget; their weights or None)."""
         td = time.perf_counter()
-        raw = self.drafter.propose(tokens, state.float().numpy())  # type: ignore[union-attr]
-        drafts = dedupe_drafts(
-            [d[: min(self.config.len_drafts, budget)] for d in raw], self.config.num_drafts
-        )
+        length = min(self.config.len_drafts, budget)
+        weights: list[float] | None = None
+        if hasattr(drafter, "propose_weighted") and self.config.verify == "tree":
+            raw, weights = drafter.propose_weighted(tokens, state.float().numpy())
+            raw = raw[: self.config.num_drafts]
+            weights = weights[: len(raw)]
+            drafts = [list(d[:length]) for d in raw]
+        else:
+            raw = drafter.propose(tokens, state.float().numpy())
+            drafts = dedupe_drafts([d[:length] for d in raw], self.config.num_drafts)
         stats.draft_time_s += time.perf_counter() - td
-        return drafts
+        return drafts, weights
 
     def stream(
         self,
@@ -311,7 +320,10 @@ class SpeculativeDecoder:
         stats = stats if stats is not None else GenerationStats()
         prompt = [int(t) for t in prompt_ids]
         self._check(prompt, limit)
-        observe = getattr(self.drafter, "observe", None)
+        drafter = self.drafter
+        if drafter is not None and hasattr(drafter, "new_request"):
+            drafter = drafter.new_request()  # request-local state (e.g. DReSD self keys)
+        observe = getattr(drafter, "observe", None)
         budget_ctl = NodeBudget(cfg.max_nodes, cfg.min_nodes, adaptive=cfg.adaptive_nodes)
         t0 = time.perf_counter()
         with torch.inference_mode():
@@ -332,8 +344,9 @@ class SpeculativeDecoder:
                 t0 = time.perf_counter()
                 budget = limit - produced - 1  # the bonus token always comes on top
                 drafts: list[list[int]] = []
-                if self.drafter is not None and budget > 0:
-                    drafts = self._drafts(tokens, state, budget, stats)
+                weights: list[float] | None = None
+                if drafter is not None and budget > 0:
+                    drafts, weights = self._drafts(drafter, tokens, state, budget, stats)
                 tf = time.perf_counter()
                 if drafts and cfg.verify == "batch":
                     new, accepted, new_states, drafted = self._verify_batch(ver, tokens, drafts)
@@ -341,7 +354,7 @@ class SpeculativeDecoder:
                     stats.drafted_tokens += drafted
                     stats.verified_tokens += len(drafts) * (1 + max(len(d) for d in drafts))
                 elif drafts:
-                    tree = build_tree(tokens[-1], drafts, budget_ctl.nodes())
+                    tree = build_tree(tokens[-1], drafts, budget_ctl.nodes(), weights)
                     hidden, pred = ver.forward_tree(tree)
                     path, bonus = accept_tree(tree, pred)
                     tc = time.perf_counter()

@@ -57,8 +57,16 @@ class DraftTree:
         return out
 
 
-def build_tree(root: int, drafts: Sequence[Sequence[int]], budget: int | None = None) -> DraftTree:
+def build_tree(
+    root: int,
+    drafts: Sequence[Sequence[int]],
+    budget: int | None = None,
+    weights: Sequence[float] | None = None,
+) -> DraftTree:
     """Trie of ``drafts`` (best first) under ``root``, keeping the ``budget`` heaviest nodes.
+
+    ``weights[r]`` is how many retrieved continuations draft ``r`` stands for (default 1 each);
+    a node's weight is the sum over the drafts through it.
 
     >>> t = build_tree(9, [[1, 2, 3], [1, 2, 4], [5]])
     >>> t.tokens, t.parents, t.depths
@@ -67,13 +75,14 @@ def build_tree(root: int, drafts: Sequence[Sequence[int]], budget: int | None = 
     [9, 1, 5, 2]
     """
     # trie over (parent key, token); key = tuple path
-    weight: dict[tuple[int, ...], int] = {}
+    weight: dict[tuple[int, ...], float] = {}
     best_rank: dict[tuple[int, ...], int] = {}
     for rank, draft in enumerate(drafts):
+        w = 1.0 if weights is None else float(weights[rank])
         path: tuple[int, ...] = ()
         for tok in draft:
             path = (*path, int(tok))
-            weight[path] = weight.get(path, 0) + 1
+            weight[path] = weight.get(path, 0.0) + w
             best_rank.setdefault(path, rank)
     paths = sorted(weight, key=lambda p: (-weight[p], len(p), best_rank[p]))
     if budget is not None:
