@@ -7,7 +7,7 @@ the LM head included, and the cache commit (keep an accepted path, drop the rest
 only if it adds more than ``cost(n) / cost(1)`` tokens on average.
 
     PYTHONPATH=. /work/bin/quiet .venv/bin/python benchmarks/bench_spec_step.py \
-        [--context 300] [--threads 2] [--repeat 20]
+        [--context 300] [--threads 2] [--repeat 20] [--small-batch-linear]
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--sizes", default="1,2,4,8,12,16,24,32,48,64")
+    ap.add_argument(
+        "--small-batch-linear", action="store_true", help="W @ x.T kernels (embedsvc.rag.kernels)"
+    )
     args = ap.parse_args()
 
     import torch
@@ -34,6 +37,10 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     bb = load_backbone("smollm2")
+    if args.small_batch_linear:
+        from embedsvc.rag.kernels import use_small_batch_linear
+
+        use_small_batch_linear(bb.model)
     ver = TreeVerifier(bb.model)
     prompt = list(range(100, 100 + args.context))
     ver.prefill(prompt[:-1])
@@ -45,7 +52,10 @@ def main() -> None:
         times, commit = [], []
         for _ in range(args.repeat + 2):
             t = time.perf_counter()
-            states, pred = ver.forward_tree(tree)
+            if len(tree) == 1:
+                ver.step(tree.tokens[0])
+            else:
+                ver.forward_tree(tree)
             t1 = time.perf_counter()
             path = [i for i in range(1, len(tree)) if tree.parents[i] == 0][:1]
             ver.commit(path)
