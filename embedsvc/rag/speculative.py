@@ -1,27 +1,33 @@
-"""Greedy speculative decoding with batched draft verification; the drafter is pluggable.
+"""Greedy speculative decoding with tree (default) or batched draft verification.
 
 Reference
-    DReSD ``spec_dec_dresd.py`` (huawei-noah/HEBO@00ba1ac): every draft is verified in ONE batched
-    forward over the KV cache repeated once per draft (no tree attention); the row with the most
-    accepted tokens wins and its cache is kept. REST is verified the same way here.
+    DReSD ``spec_dec_dresd.py`` (huawei-noah/HEBO@00ba1ac) verifies every draft in ONE batched
+    forward over the KV cache repeated once per draft (``verify="batch"``, kept as the
+    reference). REST (FasterDecoding/REST@50a5fc1) merges its drafts into a token tree verified
+    with tree attention; ``verify="tree"`` (default) does that for both drafters
+    (:mod:`embedsvc.rag.tree`, :mod:`embedsvc.rag.verify`): one forward over the tree's nodes, no
+    cache repeat, the accepted path committed in place. A :class:`NodeBudget` caps the tree.
 
 Loop invariant
-    The KV cache holds every token except the newest one (``tokens[-1]``). A step feeds
-    ``[tokens[-1]] + draft`` per draft row, so row ``r`` position ``j`` predicts the token after
-    ``draft[r][:j]``. Greedy acceptance keeps the longest prefix the target agrees with, then
-    appends the target's own next token (the bonus), so the output equals plain greedy decoding
-    token for token (up to float ties between a batched and a batch-1 forward).
+    The KV cache holds every token except the newest one (``tokens[-1]``). A step feeds the
+    newest token plus the draft nodes; greedy acceptance keeps the longest path the target agrees
+    with, then appends the target's own next token (the bonus), so the output equals plain greedy
+    decoding token for token (up to float ties between a multi-token and a 1-token forward).
 
 Inputs / outputs
     :meth:`SpeculativeDecoder.stream` yields the new tokens of each step and fills a
     :class:`GenerationStats`. A drafter is anything with ``propose(tokens, state) -> drafts``,
     where ``state`` is the final-norm hidden state [d] of the position that produced
     ``tokens[-1]`` (DReSD's query) and each draft is the list of tokens to follow ``tokens[-1]``.
+    Optional: ``propose_weighted`` (drafts + weights for the trie), ``new_request()`` (a
+    per-request drafter) and ``observe(tokens, states)`` (the final-norm states of newly
+    committed positions, e.g. DReSD's request-local keys).
 
 Metric conventions (as DReSD's ``evaluate.py``, see techniques.md 7a)
     * mean accepted length = accepted draft tokens / decode calls, bonus token EXCLUDED
       (REST and vLLM count ``1 +`` this).
-    * acceptance rate = accepted draft tokens / tokens in the chosen draft rows.
+    * acceptance rate = accepted draft tokens / drafted tokens (batch: tokens of the chosen row;
+      tree: all draft nodes verified).
     * target calls counts every forward of the model, the prefill included.
 """
 
