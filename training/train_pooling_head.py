@@ -349,6 +349,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
     head.train()
     if step == 0:
         checkpoint_eval()  # step 0: the untrained head (= prompt_last with the residual head)
+        if history:
+            print(json.dumps({k: round(v, 2) for k, v in history[0].items()}), flush=True)
     t_train = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.head} seed {cfg.seed}")
     losses: list[float] = []

@@ -16,12 +16,13 @@ mean over the latents. Projections are bias-free. All sequence positions are rea
 per layer), so no key mask is needed.
 
 Never worse than the state it pools (issue 18): the heads read the states of the PromptEOL
-prompt, and their output is ``normalize(normalize(h_L) + W_o LN(pooled))`` with ``W_o``
-zero-initialised, where ``h_L`` is the last token's state after the final norm -- exactly
-``prompt_last``'s vector. At step 0 every head therefore returns ``prompt_last``; training can
+prompt, and their output is ``normalize(normalize(h_L) + W_o LN(pooled) / d)`` with ``W_o``
+zero-initialised (the ``1/d`` keeps Adam's first steps from swamping the unit base vector),
+where ``h_L`` is the last token's state after the final norm -- exactly ``prompt_last``'s
+vector. At step 0 every head therefore returns ``prompt_last``; training can
 only move away from it through the learned residual (the layer mix of MLTP / the M2 head). The
-``linear`` head is the same idea with a zero-initialised ``W``: ``normalize(u + W u)``,
-``u = normalize(h_L)``.
+``linear`` head is the same idea with a zero-initialised ``W``:
+``normalize(u + W u / sqrt(d))``, ``u = normalize(h_L)``.
 
 Input of every head: ``[B, L, d]`` states (the ``linear``/``m2`` heads read ``[:, -1]``).
 """
@@ -137,7 +138,10 @@ class CrossAttentionPooling(nn.Module):
         if not self.cfg.residual:
             return F.normalize(pooled, dim=-1)
         base = F.normalize(states[:, -1, :], dim=-1)
-        return F.normalize(base + self.out_proj(self.out_norm(pooled)), dim=-1)
+        # 1/d: LN(pooled) has |.|_1 ~ d, so an Adam step of lr on W_o moves the residual by
+        # ~lr per coordinate instead of ~lr*d, which would swamp the unit base in one step
+        residual = self.out_proj(self.out_norm(pooled)) / self.cfg.dim
+        return F.normalize(base + residual, dim=-1)
 
 
 class LinearPooling(nn.Module):
@@ -159,7 +163,8 @@ class LinearPooling(nn.Module):
         if not self.cfg.residual:
             return F.normalize(self.proj(states[:, -1, :]), dim=-1)
         base = F.normalize(states[:, -1, :], dim=-1)
-        return F.normalize(base + self.proj(base), dim=-1)
+        # 1/sqrt(d): the unit base has |.|_1 ~ sqrt(d) (same reasoning as the MLTP head)
+        return F.normalize(base + self.proj(base) / self.cfg.dim**0.5, dim=-1)
 
 
 def build_head(cfg: HeadConfig) -> nn.Module:
