@@ -2,9 +2,12 @@
 
 The three heads of issue 3 are trained by this one command with the same data, steps and seeds
 (``--head mltp|m2|linear``). The decoder is frozen (the paper also trains LoRA: a documented
-deviation), so its per-layer last-token states of every training/eval text are computed once
-and cached under ``<cache>/pooling_states/`` keyed by backbone fingerprint + input format +
-sha256 of the text list; training then only runs the small head.
+deviation), so its per-layer last-token states of every training/eval text -- inside
+``prompt_last``'s PromptEOL prompt, as the strategies serve them -- are computed once and cached
+under ``<cache>/pooling_states/`` keyed by backbone fingerprint + input format + sha256 of the
+text list; training then only runs the small head. The heads start at ``prompt_last``'s vector
+(issue 18); STS-B dev is scored at step 0 and every ``eval_every`` steps, and the head kept is
+the best on half A (even pair indices), half B (odd) and the full set are reported.
 
 Loss: in-batch + hard-negative InfoNCE with scale 20 (the reference's HardNegativeNLLLoss) on
 (anchor, positive, hard negative) NLI triplets. Every run writes ``config.json`` (all settings),
@@ -13,7 +16,8 @@ a resumable ``checkpoint.pt`` (head, optimizer, schedule, RNG, step) and ``metri
 head + head_config.json + manifest.json with base model, data sha256s, steps, seed, scores,
 command) that the ``mltp`` / ``m2`` / ``eos_linear`` strategies load.
 
-    .venv/bin/python training/train_pooling_head.py --head mltp --seed 0 --out runs/mltp-s0
+    .venv/bin/python training/train_pooling_head.py --config \
+        training/configs/pooling_head_issue18.json --head mltp --seed 0 --out runs/mltp-s0
     .venv/bin/python training/train_pooling_head.py --config runs/mltp-s0/config.json --resume
 """
 
