@@ -1,11 +1,12 @@
 """Mean +- std over seeds of the pooling-head runs (``training/train_pooling_head.py``).
 
 Reads ``<runs>/<head>-s<seed>/metrics.json`` and prints a Markdown table: STS-B dev Spearman
-and SciFact-subset nDCG@10 for (a) EOS-last + linear, M2 and MLTP, plus the training
-wall-clock. A paired sign-flip permutation test over STS pairs is not run here: with 3 seeds
-the seed spread is reported instead.
+on half B (odd pair indices, held out), half A (even, used to choose the checkpoint) and the
+full dev set, for the chosen checkpoint and for step 0 (the untrained head, which with the
+residual heads of issue 18 is ``prompt_last``), plus the chosen step and the training
+wall-clock. With 3 seeds the seed spread is reported (no permutation test).
 
-    .venv/bin/python benchmarks/pooling_heads_summary.py --runs ~/.cache/embedsvc/runs
+    .venv/bin/python benchmarks/pooling_heads_summary.py --runs runs/issue18
 """
 
 from __future__ import annotations
@@ -16,12 +17,18 @@ from pathlib import Path
 
 import numpy as np
 
-HEADS = {"linear": "(a) EOS-last + linear", "m2": "M2 last-layer pooling", "mltp": "MLTP"}
+HEADS = {"linear": "(a) last token + linear", "m2": "M2 last-layer pooling", "mltp": "MLTP"}
+KEYS = ("sts_half_b", "sts_half_a", "sts_spearman")
+
+
+def _ms(values: list[float]) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--runs", type=Path, default=Path.home() / ".cache/embedsvc/runs")
+    ap.add_argument("--runs", type=Path, default=Path("runs/issue18"))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     rows = {}
@@ -31,32 +38,31 @@ def main() -> None:
         ]
         if not metrics:
             continue
-        sts = np.array([m.get("sts_spearman", np.nan) for m in metrics])
-        ndcg = np.array([m.get("scifact_ndcg@10", np.nan) for m in metrics])
-        train_s = np.array([m["seconds"]["train"] for m in metrics])
-        rows[head] = {
+        row: dict = {
             "seeds": [m["seed"] for m in metrics],
-            "sts_mean": float(sts.mean()),
-            "sts_std": float(sts.std(ddof=1)) if len(sts) > 1 else 0.0,
-            "ndcg_mean": float(ndcg.mean()),
-            "ndcg_std": float(ndcg.std(ddof=1)) if len(ndcg) > 1 else 0.0,
-            "train_seconds_mean": float(train_s.mean()),
             "n_params": metrics[0]["n_params"],
-            "per_seed": [
-                {"seed": m["seed"], "sts": m.get("sts_spearman"), "ndcg": m.get("scifact_ndcg@10")}
-                for m in metrics
-            ],
+            "best_steps": [m.get("best_step") for m in metrics],
+            "train_seconds": [m["seconds"]["train"] for m in metrics],
         }
+        for key in KEYS:
+            row[key] = _ms([m.get(key, np.nan) for m in metrics])
+            row[f"step0_{key}"] = _ms([(m.get("step0") or {}).get(key, np.nan) for m in metrics])
+        rows[head] = row
     if args.json:
         print(json.dumps(rows, indent=1))
         return
-    print("| head | params | seeds | STS-B dev Spearman | SciFact-subset nDCG@10 | train s/run |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| head | params | seeds | half B (held out) | half A (selection) | full dev "
+        "| step 0: B / A / full | chosen steps | train s/run |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for head, r in rows.items():
+        cells = [f"{r[k][0]:.2f} ± {r[k][1]:.2f}" for k in KEYS]
+        step0 = " / ".join(f"{r['step0_' + k][0]:.2f}" for k in KEYS)
         print(
             f"| {HEADS[head]} | {r['n_params'] / 1e6:.2f}M | {len(r['seeds'])} | "
-            f"{r['sts_mean']:.2f} +- {r['sts_std']:.2f} | "
-            f"{r['ndcg_mean']:.2f} +- {r['ndcg_std']:.2f} | {r['train_seconds_mean']:.0f} |"
+            + " | ".join(cells)
+            + f" | {step0} | {r['best_steps']} | {np.mean(r['train_seconds']):.0f} |"
         )
 
 

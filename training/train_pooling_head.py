@@ -2,9 +2,12 @@
 
 The three heads of issue 3 are trained by this one command with the same data, steps and seeds
 (``--head mltp|m2|linear``). The decoder is frozen (the paper also trains LoRA: a documented
-deviation), so its per-layer last-token states of every training/eval text are computed once
-and cached under ``<cache>/pooling_states/`` keyed by backbone fingerprint + input format +
-sha256 of the text list; training then only runs the small head.
+deviation), so its per-layer last-token states of every training/eval text -- inside
+``prompt_last``'s PromptEOL prompt, as the strategies serve them -- are computed once and cached
+under ``<cache>/pooling_states/`` keyed by backbone fingerprint + input format + sha256 of the
+text list; training then only runs the small head. The heads start at ``prompt_last``'s vector
+(issue 18); STS-B dev is scored at step 0 and every ``eval_every`` steps, and the head kept is
+the best on half A (even pair indices), half B (odd) and the full set are reported.
 
 Loss: in-batch + hard-negative InfoNCE with scale 20 (the reference's HardNegativeNLLLoss) on
 (anchor, positive, hard negative) NLI triplets. Every run writes ``config.json`` (all settings),
@@ -13,7 +16,8 @@ a resumable ``checkpoint.pt`` (head, optimizer, schedule, RNG, step) and ``metri
 head + head_config.json + manifest.json with base model, data sha256s, steps, seed, scores,
 command) that the ``mltp`` / ``m2`` / ``eos_linear`` strategies load.
 
-    .venv/bin/python training/train_pooling_head.py --head mltp --seed 0 --out runs/mltp-s0
+    .venv/bin/python training/train_pooling_head.py --config \
+        training/configs/pooling_head_issue18.json --head mltp --seed 0 --out runs/mltp-s0
     .venv/bin/python training/train_pooling_head.py --config runs/mltp-s0/config.json --resume
 """
 
@@ -66,7 +70,9 @@ class TrainConfig(BaseModel):
     ff_mult: int = 1
     max_length: int = 64
     save_every: int = 100
-    threads: int = 2
+    #: evaluate on STS-B dev every N steps; the checkpoint kept is the best on dev half A
+    eval_every: int = 25
+    threads: int = 1
     out: str = "runs/pooling-head"
     cache_dir: str | None = None
     #: evaluation files (empty string = skip)
@@ -90,20 +96,30 @@ def load_triplets(path: Path, limit: int, data_seed: int) -> list[tuple[str, str
     return rows[:limit] if limit > 0 else rows
 
 
+def prompt_inputs(backbone_name: str, texts: list[str], max_length: int) -> list[list[int]]:
+    """Token ids of ``texts`` inside ``prompt_last``'s PromptEOL prompt (its own ``pre``)."""
+    from embedsvc.strategies import create_strategy
+    from embedsvc.strategies.base import Role
+
+    strat = create_strategy("prompt_last", backbone=backbone_name, max_length=max_length)
+    return strat.pre(texts, Role.PASSAGE).ids
+
+
 def cached_states(
     backbone: Any, texts: list[str], cache: Path, max_length: int, *, reverse: bool = False
 ) -> np.ndarray:
-    """``[n, L, d]`` float16 per-layer last-token states of ``texts`` (+EOS), cached on disk.
+    """``[n, L, d]`` float16 per-layer last-token states of ``texts`` in the PromptEOL prompt,
+    cached on disk (entry ``L-1`` is after the final norm, i.e. ``prompt_last``'s state).
 
     Computed in chunks that are saved (atomically) as they finish, so a killed run resumes
     where it stopped, and two processes can fill one cache (``reverse`` walks the chunks from
     the end, so a helper process meets the trainer in the middle instead of duplicating it).
     """
     from embedsvc.eval.cache import texts_digest
-    from embedsvc.strategies.mltp import layer_inputs, layer_states
+    from embedsvc.strategies.mltp import INPUT_FORMAT, layer_states
 
     key = hashlib.sha256(
-        f"{backbone.fingerprint}|text+eos|last-token-all-blocks|{max_length}|"
+        f"{backbone.fingerprint}|{INPUT_FORMAT}|last-token-all-blocks|{max_length}|"
         f"{texts_digest(texts)}".encode()
     ).hexdigest()[:24]
     folder = cache / "pooling_states" / key
@@ -123,7 +139,7 @@ def cached_states(
         try:
             part = np.load(path)
         except (FileNotFoundError, ValueError, OSError):
-            seqs = layer_inputs(backbone.tokenizer, texts[i : i + chunk], max_length).ids
+            seqs = prompt_inputs(backbone.name, texts[i : i + chunk], max_length)
             part = layer_states(backbone, seqs, batch_size=32).astype(np.float16)
             _save_atomic(path, part)
         parts[i] = part
@@ -174,7 +190,8 @@ def scifact_subset(cfg: TrainConfig, tokenizer: Any) -> dict[str, Any]:
 
 
 def evaluate(head: Any, evalsets: dict[str, Any], kind: str) -> dict[str, float]:
-    """STS-B dev Spearman x100 and SciFact-subset nDCG@10 x100 from cached states."""
+    """STS-B dev Spearman x100 (full, half A = even pair indices, half B = odd) and
+    SciFact-subset nDCG@10 x100 from cached states."""
     import torch
     from scipy.stats import spearmanr
 
@@ -194,7 +211,11 @@ def evaluate(head: Any, evalsets: dict[str, Any], kind: str) -> dict[str, float]
         sts = evalsets["sts"]
         vec = embed(sts["states"])
         sims = cosine_pairs(vec[sts["i1"]], vec[sts["i2"]])
-        res["sts_spearman"] = float(spearmanr(sims, sts["scores"]).statistic) * 100.0
+        gold = sts["scores"]
+        res["sts_spearman"] = float(spearmanr(sims, gold).statistic) * 100.0
+        # the fixed halves: A = even pair index in file order (selection), B = odd (report)
+        for half, sl in (("a", slice(0, None, 2)), ("b", slice(1, None, 2))):
+            res[f"sts_half_{half}"] = float(spearmanr(sims[sl], gold[sl]).statistic) * 100.0
     if "scifact" in evalsets:
         sf = evalsets["scifact"]
         d = embed(sf["doc_states"])
@@ -204,7 +225,9 @@ def evaluate(head: Any, evalsets: dict[str, Any], kind: str) -> dict[str, float]
     return res
 
 
-def prepare_eval(cfg: TrainConfig, backbone: Any, cache: Path) -> dict[str, Any]:
+def prepare_eval(
+    cfg: TrainConfig, backbone: Any, cache: Path, *, scifact: bool = True
+) -> dict[str, Any]:
     from embedsvc.eval.data import read_sts
 
     evalsets: dict[str, Any] = {}
@@ -219,7 +242,7 @@ def prepare_eval(cfg: TrainConfig, backbone: Any, cache: Path) -> dict[str, Any]
             "scores": np.asarray(pairs.scores),
             "sha256": sha256_file(Path(cfg.sts_file)),
         }
-    if cfg.scifact_dir:
+    if cfg.scifact_dir and scifact:
         sf = scifact_subset(cfg, backbone.tokenizer)
         sf["query_states"] = cached_states(backbone, sf["queries"], cache, cfg.max_length)
         sf["doc_states"] = cached_states(backbone, sf["docs"], cache, cfg.scifact_doc_tokens + 1)
@@ -257,7 +280,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
     pos = {t: i for i, t in enumerate(texts)}
     tri_idx = np.asarray([[pos[t] for t in trip] for trip in triplets])
     states = cached_states(backbone, texts, cache, cfg.max_length)
-    t_states = time.perf_counter() - t0
 
     head_cfg = HeadConfig(
         kind=cfg.head,  # type: ignore[arg-type]
@@ -281,6 +303,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     rng = np.random.default_rng(cfg.seed)
     step = 0
+    # STS-B dev only while training (cheap: cached states); SciFact once at the end
+    sts_sets = prepare_eval(cfg, backbone, cache, scifact=False)
+    t_states = time.perf_counter() - t0
+    history: list[dict[str, float]] = []
+    best: dict[str, Any] = {}
     ckpt = out / "checkpoint.pt"
     if resume and ckpt.is_file():
         blob = torch.load(ckpt, weights_only=False)
@@ -290,6 +317,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
         rng.bit_generator.state = blob["rng"]
         torch.set_rng_state(blob["torch_rng"])
         step = int(blob["step"])
+        history = blob.get("history", [])
+        best = blob.get("best", {})
 
     def save_ckpt() -> None:
         tmp = ckpt.with_suffix(".tmp")
@@ -301,13 +330,31 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
                 "rng": rng.bit_generator.state,
                 "torch_rng": torch.get_rng_state(),
                 "step": step,
+                "history": history,
+                "best": best,
                 "config": cfg.model_dump(),
             },
             tmp,
         )
         tmp.replace(ckpt)
 
+    def checkpoint_eval() -> None:
+        """Score STS-B dev; keep the head if it is the best so far on half A."""
+        if not sts_sets:
+            return
+        head.eval()
+        scores = evaluate(head, sts_sets, cfg.head)
+        head.train()
+        history.append({"step": step, **scores})
+        if not best or scores["sts_half_a"] > best["scores"]["sts_half_a"]:
+            state = {k: v.detach().clone() for k, v in head.state_dict().items()}
+            best.update(step=step, scores=scores, state=state)
+
     head.train()
+    if step == 0:
+        checkpoint_eval()  # step 0: the untrained head (= prompt_last with the residual head)
+        if history:
+            print(json.dumps({k: round(v, 2) for k, v in history[0].items()}), flush=True)
     t_train = time.perf_counter()
     bar = tqdm(total=cfg.steps, initial=step, desc=f"train {cfg.head} seed {cfg.seed}")
     losses: list[float] = []
@@ -326,11 +373,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
         losses.append(float(loss.detach()))
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if step % cfg.eval_every == 0 or step == cfg.steps:
+            checkpoint_eval()
+            bar.write(json.dumps({k: round(v, 2) for k, v in history[-1].items()}))
         if step % cfg.save_every == 0 or step == cfg.steps:
             save_ckpt()
     bar.close()
     t_train = time.perf_counter() - t_train
 
+    if best:
+        head.load_state_dict(best["state"])
     head.eval()
     t_eval = time.perf_counter()
     evalsets = prepare_eval(cfg, backbone, cache)
@@ -340,9 +392,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
         "head": cfg.head,
         "seed": cfg.seed,
         "steps": cfg.steps,
+        "best_step": best.get("step", cfg.steps),
+        "selection": "best STS-B dev half A (even pair indices); half B (odd) is reported",
         "n_params": n_params,
         "final_loss": float(np.mean(losses[-20:])) if losses else None,
         **scores,
+        "step0": history[0] if history and history[0]["step"] == 0 else None,
+        "history": history,
         "seconds": {
             "states": t_states,
             "train": t_train,
@@ -351,7 +407,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) ->
         },
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    print(json.dumps(metrics))
+    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}))
     if ship:
         ship_artifact(ship, head, head_cfg, cfg, backbone, metrics, evalsets)
     return metrics
@@ -381,9 +437,13 @@ def ship_artifact(
     data = {"triplets": {"path": cfg.triplets, "sha256": sha256_file(Path(cfg.triplets))}}
     if "sts" in evalsets:
         data["sts_eval"] = {"path": cfg.sts_file, "sha256": evalsets["sts"]["sha256"]}
+    from embedsvc.strategies.mltp import INPUT_FORMAT
+
     manifest = {
         "name": folder.name,
         "head": cfg.head,
+        "input_format": INPUT_FORMAT,
+        "template": "eol",
         "base_model": backbone.name,
         "backbone_fingerprint": backbone.fingerprint,
         "data": data,
@@ -391,8 +451,12 @@ def ship_artifact(
         "seed": cfg.seed,
         "train_config": cfg.model_dump(exclude={"out", "cache_dir", "threads"}),
         "eval": {k: v for k, v in metrics.items() if k.startswith(("sts", "scifact"))},
+        "best_step": metrics["best_step"],
+        "step0": metrics["step0"],
         "eval_note": (
-            f"STS-B dev Spearman x100; SciFact test-qrels nDCG@10 on a {cfg.scifact_docs}-doc "
+            "STS-B dev Spearman x100 (full; half_a = even pair indices in file order, used to "
+            "choose the checkpoint; half_b = odd, reported); SciFact test-qrels nDCG@10 "
+            f"(if scored) on a {cfg.scifact_docs}-doc "
             f"subset (all judged docs + seeded distractors, docs cut to "
             f"{cfg.scifact_doc_tokens} tokens)"
         ),

@@ -236,10 +236,12 @@ def test_mltp_head_parity_fp32(tmp_path):
     cfg = HeadConfig(kind="mltp", dim=576, num_layers=30)
     torch.manual_seed(0)
     head = build_head(cfg)
+    torch.nn.init.normal_(head.out_proj.weight, std=0.5)  # a live learned path (zero at init)
     save_file(
         {k: v.contiguous() for k, v in head.state_dict().items()}, artifact / "head.safetensors"
     )
     (artifact / "head_config.json").write_text(cfg.model_dump_json())
+    (artifact / "manifest.json").write_text('{"input_format": "prompt-eol", "template": "eol"}')
     torch_s = create_strategy("mltp", artifact=str(artifact))
     export_strategy(torch_s, tmp_path / "onnx")
     served = load_export(tmp_path / "onnx")

@@ -18,6 +18,7 @@ from trainlib.losses import contrastive_loss  # noqa: E402
 from embedsvc.errors import FailedPrecondition  # noqa: E402
 from embedsvc.strategies import create_strategy, strategy_class  # noqa: E402
 from embedsvc.strategies.artifacts import ARTIFACTS  # noqa: E402
+from embedsvc.strategies.base import Role  # noqa: E402
 from embedsvc.strategies.mltp.model import HeadConfig, build_head  # noqa: E402
 
 SMALL = {"dim": 32, "num_layers": 6, "heads": 2, "dim_head": 8, "num_latents": 4}
@@ -46,6 +47,9 @@ def test_which_layers_each_head_reads() -> None:
     mltp = build_head(HeadConfig(kind="mltp", **SMALL))
     m2 = build_head(HeadConfig(kind="m2", **SMALL))
     lin = build_head(HeadConfig(kind="linear", **SMALL))
+    # at init the residual heads return the last state, so give the learned path a value
+    for head in (mltp, m2):
+        torch.nn.init.normal_(head.out_proj.weight, std=0.1)
     assert not torch.allclose(mltp(x), mltp(y))  # MLTP attends over every layer
     torch.testing.assert_close(m2(x), m2(y))  # M2 reads the last layer only
     torch.testing.assert_close(lin(x), torch.nn.functional.normalize(x[:, -1], dim=-1))
@@ -53,6 +57,28 @@ def test_which_layers_each_head_reads() -> None:
     assert m2.layer_embedding is None
     with pytest.raises(ValueError):
         mltp(x[:, :3])
+
+
+@pytest.mark.parametrize("kind", ["mltp", "m2", "linear"])
+def test_untrained_head_is_the_last_state_and_learns(kind: str) -> None:
+    """Step 0 returns normalize(h_L) exactly; one optimiser step moves it (gradient reaches
+    the zero-initialised projection)."""
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(kind=kind, **SMALL))
+    x = _states(8)
+    torch.testing.assert_close(head(x), torch.nn.functional.normalize(x[:, -1], dim=-1))
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-2)
+    out = head(x)
+    contrastive_loss(out[:4], out[4:], None, 20.0).backward()
+    opt.step()
+    assert not torch.allclose(head(x), torch.nn.functional.normalize(x[:, -1], dim=-1))
+
+
+def test_paper_head_without_residual() -> None:
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(kind="mltp", residual=False, **SMALL))
+    assert not hasattr(head, "out_proj")
+    torch.testing.assert_close(head(_states()).norm(dim=-1), torch.ones(3))
 
 
 def test_contrastive_loss_prefers_the_right_pairs() -> None:
@@ -70,18 +96,26 @@ def test_registered_and_missing_artifact_is_actionable(tmp_path: Path) -> None:
         strat.encode(["a"])
 
 
-def _write_artifact(folder: Path, kind: str, fingerprint: str) -> None:
+def _write_artifact(
+    folder: Path, kind: str, fingerprint: str, *, trained: bool = True, fmt: str = "prompt-eol"
+) -> None:
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
     cfg = HeadConfig(kind=kind, dim=576, num_layers=30, heads=2, dim_head=16, num_latents=4)
     head = build_head(cfg)
+    if trained:  # a non-trivial learned path, as after training
+        for p in head.parameters():
+            if p.dim() == 2 and not p.any():
+                torch.nn.init.normal_(p, std=0.02)
     folder.mkdir(parents=True)
     save_file(
         {k: v.contiguous() for k, v in head.state_dict().items()}, str(folder / "head.safetensors")
     )
     (folder / "head_config.json").write_text(cfg.model_dump_json())
-    (folder / "manifest.json").write_text(json.dumps({"backbone_fingerprint": fingerprint}))
+    (folder / "manifest.json").write_text(
+        json.dumps({"backbone_fingerprint": fingerprint, "input_format": fmt, "template": "eol"})
+    )
 
 
 @pytest.mark.slow
@@ -98,15 +132,44 @@ def test_mltp_strategy_padding_invariance_shape_norm(tmp_path: Path) -> None:
     assert a.shape == (3, 576)
     np.testing.assert_allclose(np.linalg.norm(a, axis=1), 1.0, atol=1e-5)
     assert (a * b).sum(1).min() >= 0.9999 and (a * single).sum(1).min() >= 0.9999
-    # EOS is appended by the strategy (SmolLM2's tokenizer never adds it)
-    assert (
-        right.count_tokens(["Dogs run."])[0]
-        == len(right.backbone.tokenizer("Dogs run.")["input_ids"]) + 1
-    )
+    # the same PromptEOL prompt (and token count) as prompt_last
+    plain = create_strategy("prompt_last")
+    assert right.pre(texts, Role.PASSAGE).ids == plain.pre(texts, Role.PASSAGE).ids
+    assert right.count_tokens(["Dogs run."]) == plain.count_tokens(["Dogs run."])
     # a head trained on another backbone is refused
     _write_artifact(tmp_path / "other", "mltp", "0" * 16)
     with pytest.raises(FailedPrecondition):
         create_strategy("mltp", artifact=str(tmp_path / "other")).encode(["a"])
+    # a head trained on issue 3's raw text + EOS inputs is refused, not silently misfed
+    _write_artifact(tmp_path / "old", "mltp", fp, fmt="text+eos")
+    with pytest.raises(FailedPrecondition, match="retrain"):
+        create_strategy("mltp", artifact=str(tmp_path / "old")).encode(["a"])
+
+
+STS_TEXTS = [
+    "A man is playing a guitar.",
+    "A woman is slicing an onion.",
+    "Two dogs are running through a snowy field.",
+    "The stock market fell sharply on Tuesday after the central bank raised rates.",
+    'She said "hello" and left?',
+    "Kids",
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("name", "kind"), [("mltp", "mltp"), ("m2", "m2"), ("eos_linear", "linear")]
+)
+def test_untrained_head_equals_prompt_last(tmp_path: Path, name: str, kind: str) -> None:
+    """Issue 18: at initialisation the served head returns prompt_last's vector (real SmolLM2)."""
+    from embedsvc.backbones import load_backbone
+
+    fp = load_backbone("smollm2").fingerprint
+    _write_artifact(tmp_path / kind, kind, fp, trained=False)
+    head = create_strategy(name, artifact=str(tmp_path / kind)).encode(STS_TEXTS).vectors
+    base = create_strategy("prompt_last").encode(STS_TEXTS).vectors
+    cos = (head * base).sum(1) / np.linalg.norm(head, axis=1) / np.linalg.norm(base, axis=1)
+    assert cos.min() >= 0.9999, cos
 
 
 @pytest.mark.slow

@@ -72,6 +72,9 @@ def test_trains_resumes_and_ships(tiny: dict[str, Path]) -> None:
     metrics = mod.train(cfg)
     assert metrics["steps"] == 2 and np.isfinite(metrics["final_loss"])
     assert -100 <= metrics["sts_spearman"] <= 100
+    # step 0 (the untrained residual head) is scored, as are both fixed dev halves
+    assert metrics["step0"]["step"] == 0 and {"sts_half_a", "sts_half_b"} <= set(metrics)
+    assert metrics["best_step"] in {h["step"] for h in metrics["history"]}
     out = Path(cfg.out)
     assert json.loads((out / "config.json").read_text())["head"] == "mltp"
     assert (out / "checkpoint.pt").is_file()
@@ -85,6 +88,7 @@ def test_trains_resumes_and_ships(tiny: dict[str, Path]) -> None:
     assert torch.load(out / "checkpoint.pt", weights_only=False)["step"] == 4
     manifest = json.loads((art / "manifest.json").read_text())
     assert manifest["steps"] == 4 and manifest["seed"] == 0
+    assert manifest["input_format"] == "prompt-eol" and manifest["template"] == "eol"
     assert len(manifest["data"]["triplets"]["sha256"]) == 64
     assert (art / "head.safetensors").stat().st_size < 5 * 2**20
 

@@ -5,11 +5,14 @@ Reference
     (Tang & Yang 2024, arXiv 2409.02727); official code yixuantt/PoolingAndAttn
     (``pooling_layers/MultiLayersTrainablePooling.py``, ``model_loaders/model3.py``). Re-derived.
 
-    The text (plus an appended EOS, which SmolLM2's tokenizer never adds) runs through the frozen
-    decoder; the last real token's state after every block is stacked into an ``L``-long
-    sequence, a learned layer embedding is added, learned latent queries cross-attend to it
-    (pre-norm cross-attention + GEGLU feed-forward block), the latents are averaged and the
-    result L2-normalised (``model.CrossAttentionPooling``).
+    The text, inside the same PromptEOL prompt as ``prompt_last`` (``This sentence : "{s}" means
+    in one word:"``, same clean-up and truncation), runs through the frozen decoder; the last
+    token's state after every block is stacked into an ``L``-long sequence (the last entry after
+    the final norm), a learned layer embedding is added, learned latent queries cross-attend to
+    it (pre-norm cross-attention + GEGLU feed-forward block) and the latents are averaged
+    (``model.CrossAttentionPooling``). Issue 18: the result is added, through a zero-initialised
+    projection, to the unit post-norm last-token state, so the untrained head returns exactly
+    ``prompt_last``'s vector and training learns a correction on top of it.
 
     Registered beside it, for the paper's comparison, trained by the same command:
     ``m2`` -- the same head over the last layer's last-token state only (the paper's M2), and
@@ -18,17 +21,19 @@ Reference
 Inputs-Outputs
     Texts (role ignored: no instruction prefix, unlike the paper's retrieval queries) ->
     float32 ``[n, d]`` (d = 576 for SmolLM2), L2-normalised (the head always normalises;
-    ``normalize=False`` returns the same unit vectors). Texts longer than ``max_length - 1``
-    tokens lose their tail; EOS is always kept.
+    ``normalize=False`` returns the same unit vectors). A text too long for ``max_length``
+    loses its sentence's tail, never the template (as ``prompt_last``).
 
 Hyper-parameters
     The head's sizes are in its artifact (``embedsvc/artifacts/<artifact>/head_config.json``):
     CPU default 4 heads x 32 dims, 8 latents, GEGLU x1 (~1.3M parameters, 2.6 MB in float16);
     the paper's: 32 heads x 2048 dims, 768 latents, GEGLU x4 (~150M at d=576). The decoder is
     frozen (the paper trains LoRA r=16 with the head: a documented deviation). Training:
-    ``training/train_pooling_head.py``; results: ``docs/results/issue3.md``.
+    ``training/train_pooling_head.py``; results: ``docs/results/issue18.md`` (issue 3's heads
+    read raw text + EOS: ``docs/results/issue3.md``).
     Config: ``artifact`` (a name under ``embedsvc/artifacts`` or a folder), ``backbone``
-    (must match the artifact's), ``batch_size``, ``padding_side``, ``max_length``.
+    (must match the artifact's), ``batch_size``, ``padding_side``, ``max_length``; the prompt
+    is PromptEOL (``template`` must be the artifact's; ``output_layer`` is unused).
 """
 
 from __future__ import annotations
@@ -43,13 +48,15 @@ from pydantic import create_model
 from embedsvc.backbones import Backbone
 from embedsvc.errors import FailedPrecondition, InvalidArgument
 from embedsvc.strategies.artifacts import find_artifact, read_manifest
-from embedsvc.strategies.base import Role, register_strategy
+from embedsvc.strategies.base import register_strategy
 from embedsvc.strategies.decoder.model import DecoderStatesCore
-from embedsvc.strategies.decoder.prompts import DecoderConfig, DecoderStrategy
-from embedsvc.strategies.features import Features, pad_batch
+from embedsvc.strategies.decoder.prompts import PromptLastConfig, PromptLastStrategy
+from embedsvc.strategies.features import pad_batch
 
 HEAD_FILE = "head.safetensors"
 HEAD_CONFIG = "head_config.json"
+#: the heads' input format, recorded in the manifest and in the trainer's state-cache key
+INPUT_FORMAT = "prompt-eol"
 
 
 def artifact_dir(name_or_path: str) -> Path:
@@ -57,22 +64,6 @@ def artifact_dir(name_or_path: str) -> Path:
     return find_artifact(
         name_or_path, HEAD_FILE, "pooling-head", "train one with training/train_pooling_head.py"
     )
-
-
-def layer_inputs(tokenizer: Any, texts: list[str], limit: int) -> Features:
-    """Each text's tokens (cut to ``limit - 1``) + EOS; counts untruncated (EOS included)."""
-    eos = tokenizer.eos_token_id
-    if eos is None:
-        raise InvalidArgument("the backbone's tokenizer has no EOS token", field="backbone")
-    raw = tokenizer(texts, add_special_tokens=True, verbose=False)["input_ids"]
-    seqs, counts = [], []
-    for ids in raw:
-        ids = list(ids)
-        if ids and ids[-1] == eos:  # tokenizers that already append EOS
-            ids = ids[:-1]
-        counts.append(len(ids) + 1)
-        seqs.append([*ids[: limit - 1], eos])
-    return Features(seqs, counts)
 
 
 def layer_states(
@@ -115,14 +106,14 @@ def load_head(directory: Path) -> tuple[Any, dict[str, Any]]:
     return head, read_manifest(directory)
 
 
-class PoolingHeadConfig(DecoderConfig):
-    """``backbone`` must be the one the head was trained on; ``max_length`` includes the EOS."""
+class PoolingHeadConfig(PromptLastConfig):
+    """``backbone`` must be the one the head was trained on; the prompt is ``prompt_last``'s."""
 
     #: shipped artifact name under embedsvc/artifacts, or a folder with head.safetensors
     artifact: str = "mltp-smollm2"
 
 
-class _PoolingHeadStrategy(DecoderStrategy):
+class _PoolingHeadStrategy(PromptLastStrategy):
     config_cls = PoolingHeadConfig
     config: PoolingHeadConfig
     head_kind: str = "mltp"
@@ -156,6 +147,19 @@ class _PoolingHeadStrategy(DecoderStrategy):
                 f"strategy {self.name!r} needs {self.head_kind!r}",
                 field="artifact",
             )
+        if manifest.get("template", "eol") != self.config.template:
+            raise InvalidArgument(
+                f"artifact {self.config.artifact!r} was trained with template "
+                f"{manifest.get('template')!r}, not {self.config.template!r}",
+                field="template",
+            )
+        if manifest.get("input_format") != INPUT_FORMAT:
+            raise FailedPrecondition(
+                f"artifact {self.config.artifact!r} was trained on inputs "
+                f"{manifest.get('input_format', 'text+eos')!r}, this strategy feeds "
+                f"{INPUT_FORMAT!r}: retrain it with training/train_pooling_head.py",
+                field="artifact",
+            )
         self._head_digest = hashlib.sha256((directory / HEAD_FILE).read_bytes()).hexdigest()
         self._manifest = manifest
         return head
@@ -179,12 +183,10 @@ class _PoolingHeadStrategy(DecoderStrategy):
                 self._head_digest,
                 str(self.max_tokens),
                 self.config.padding_side,
+                self.config.template,
             ]
         )
         return self.digest(key)
-
-    def pre(self, texts: list[str], role: Role) -> Features:
-        return layer_inputs(self.backbone.tokenizer, texts, self.max_tokens)
 
     def build_core(self) -> DecoderStatesCore:
         """Decoder + per-layer last-token gather + the trained head: one module."""
@@ -192,7 +194,7 @@ class _PoolingHeadStrategy(DecoderStrategy):
         last_only = self.head_kind != "mltp"
         layers = [num_layers] if last_only else list(range(1, num_layers + 1))
         notes = (
-            "tokenisation, truncation and the appended EOS run in Python (pre)",
+            "prompt template, sentence pre-processing and truncation run in Python (pre)",
             f"pooling head (artifact {self.config.artifact!r}) is in the graph",
         )
         return DecoderStatesCore(self.backbone.model, layers, head=self.head, notes=notes)

@@ -12,8 +12,17 @@ Three heads, compared in issue 3 with the same data, steps and seeds:
 
 The cross-attention head follows yixuantt/PoolingAndAttn ``PerceiverResampler`` (re-derived):
 ``X = CrossAttn(LN_c(Q0), LN_a(H)) + Q0``; ``X = FF(LN(X)) + X`` with a GEGLU feed-forward;
-mean over the latents; L2-normalise. Projections are bias-free. All sequence positions are
-real (one state per layer), so no key mask is needed.
+mean over the latents. Projections are bias-free. All sequence positions are real (one state
+per layer), so no key mask is needed.
+
+Never worse than the state it pools (issue 18): the heads read the states of the PromptEOL
+prompt, and their output is ``normalize(normalize(h_L) + W_o LN(pooled) / d)`` with ``W_o``
+zero-initialised (the ``1/d`` keeps Adam's first steps from swamping the unit base vector),
+where ``h_L`` is the last token's state after the final norm -- exactly ``prompt_last``'s
+vector. At step 0 every head therefore returns ``prompt_last``; training can
+only move away from it through the learned residual (the layer mix of MLTP / the M2 head). The
+``linear`` head is the same idea with a zero-initialised ``W``:
+``normalize(u + W u / sqrt(d))``, ``u = normalize(h_L)``.
 
 Input of every head: ``[B, L, d]`` states (the ``linear``/``m2`` heads read ``[:, -1]``).
 """
@@ -45,6 +54,10 @@ class HeadConfig(BaseModel):
     num_latents: int = Field(8, ge=1)
     #: GEGLU hidden = ff_mult * dim (paper: 4)
     ff_mult: int = Field(1, ge=1)
+    #: residual on the last layer's (post-norm) state with a zero-initialised output
+    #: projection, so the untrained head equals ``prompt_last`` (issue 18); False = the
+    #: paper's head (the pooled latents are the embedding)
+    residual: bool = True
 
 
 #: the reference's sizes (Mistral-7B, d=4096): 32 heads x 2048 dims, 768 latents, FF x4
@@ -104,6 +117,10 @@ class CrossAttentionPooling(nn.Module):
         self.latents = nn.Parameter(torch.randn(cfg.num_latents, cfg.dim))
         self.attn = LatentCrossAttention(cfg.dim, cfg.heads, cfg.dim_head)
         self.ff = GEGLUFeedForward(cfg.dim, cfg.ff_mult)
+        if cfg.residual:
+            self.out_norm = nn.LayerNorm(cfg.dim)
+            self.out_proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
+            nn.init.zeros_(self.out_proj.weight)
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
         if self.cfg.kind == "m2":
@@ -117,21 +134,37 @@ class CrossAttentionPooling(nn.Module):
         latents = self.latents.unsqueeze(0).expand(states.shape[0], -1, -1)
         x = self.attn(latents, context) + latents
         x = self.ff(x) + x
-        return F.normalize(x.mean(dim=1), dim=-1)
+        pooled = x.mean(dim=1)
+        if not self.cfg.residual:
+            return F.normalize(pooled, dim=-1)
+        base = F.normalize(states[:, -1, :], dim=-1)
+        # 1/d: LN(pooled) has |.|_1 ~ d, so an Adam step of lr on W_o moves the residual by
+        # ~lr per coordinate instead of ~lr*d, which would swamp the unit base in one step
+        residual = self.out_proj(self.out_norm(pooled)) / self.cfg.dim
+        return F.normalize(base + residual, dim=-1)
 
 
 class LinearPooling(nn.Module):
-    """(a) EOS-last + linear projection, identity-initialised: ``normalize(W h_L)``."""
+    """(a) last token + linear projection. Residual (default): ``normalize(u + W u)``,
+    ``u = normalize(h_L)``, ``W = 0`` at init; else ``normalize(W h_L)``, ``W = I`` at init.
+    Both start at the plain last-token embedding."""
 
     def __init__(self, cfg: HeadConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.proj = nn.Linear(cfg.dim, cfg.dim, bias=False)
         with torch.no_grad():
-            self.proj.weight.copy_(torch.eye(cfg.dim))
+            if cfg.residual:
+                self.proj.weight.zero_()
+            else:
+                self.proj.weight.copy_(torch.eye(cfg.dim))
 
     def forward(self, states: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(states[:, -1, :]), dim=-1)
+        if not self.cfg.residual:
+            return F.normalize(self.proj(states[:, -1, :]), dim=-1)
+        base = F.normalize(states[:, -1, :], dim=-1)
+        # 1/sqrt(d): the unit base has |.|_1 ~ sqrt(d) (same reasoning as the MLTP head)
+        return F.normalize(base + self.proj(base) / self.cfg.dim**0.5, dim=-1)
 
 
 def build_head(cfg: HeadConfig) -> nn.Module:
