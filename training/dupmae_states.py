@@ -6,10 +6,10 @@ stored here and the trainer (``training/train_dupmae_ot.py``) reads it memory-ma
 
 Per split (``corpus`` in corpus order, ``queries`` in ``queries.jsonl`` order) the folder holds:
 
-* ``<split>_ids.npy``     int32 ``[T]``: vocabulary id of each *ordinary* token (no [CLS]/[SEP]/pad),
+* ``<split>_ids.npy``     int32 ``[T]``: vocab id of each *ordinary* token (no [CLS]/[SEP]/pad),
 * ``<split>_states.npy``  float16 ``[T, 384]``: that token's last hidden state,
 * ``<split>_offsets.npy`` int64 ``[n + 1]``: text ``i`` owns rows ``offsets[i]:offsets[i+1]``,
-* ``<split>_dense.npy``   float32 ``[n, 384]``: the unit-norm mean pooling (= the ``mean`` strategy),
+* ``<split>_dense.npy``   float32 ``[n, 384]``: unit-norm mean pooling (= the ``mean`` strategy),
 * ``<split>_keys.json``   the text ids, and ``meta.json`` (backbone fingerprint, max length).
 
 Usage (about 10 min for SciFact on one core)::

@@ -40,10 +40,7 @@ def decode_sparse_rows(blobs: Sequence[bytes], vocab_size: int) -> sparse.csr_ma
     """:func:`encode_sparse_row` blobs back to a CSR ``[len(blobs), vocab_size]``."""
     recs = [np.frombuffer(b, SPARSE_DTYPE) if b else np.zeros(0, SPARSE_DTYPE) for b in blobs]
     indptr = np.concatenate([[0], np.cumsum([len(r) for r in recs])]).astype(np.int64)
-    if recs:
-        flat = np.concatenate(recs)
-    else:
-        flat = np.zeros(0, SPARSE_DTYPE)
+    flat = np.concatenate(recs) if recs else np.zeros(0, SPARSE_DTYPE)
     return sparse.csr_matrix(
         (flat["w"].astype(np.float32), flat["id"].astype(np.int64), indptr),
         shape=(len(blobs), vocab_size),
