@@ -187,6 +187,7 @@ class Engine:
             dim=strat.dim,
             index_kind=kind,
             index_config=index_params or None,
+            sparse_vocab=getattr(strat, "sparse_vocab", None),
         )
 
     def upsert(self, collection: str, documents: list[Document]) -> UpsertCounts:
@@ -261,7 +262,11 @@ class Engine:
         # two-stage search: a strategy that rescores gets a deeper candidate list first
         rescore_depth = int(getattr(strat, "rescore_depth", 0) or 0)
         depth = max(k, rescore_depth)
-        if (
+        if getattr(emb, "sparse", None) is not None:  # dual strategy: fused dense + sparse
+            hits = coll.search(
+                emb, depth, filter or None, fusion_weight=getattr(strat, "fusion_weight", None)
+            )
+        elif (
             self.search_batcher is not None
             and index_kind_class(coll.index_kind).gains_from_batching
         ):

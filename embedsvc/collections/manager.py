@@ -75,8 +75,11 @@ class CollectionManager:
         dim: int,
         index_kind: str,
         index_config: IndexConfig | dict[str, Any] | None = None,
+        sparse_vocab: int | None = None,
     ) -> Collection:
-        """A new empty collection; its settings are fixed from now on."""
+        """A new empty collection; its settings are fixed from now on.
+
+        ``sparse_vocab``: keep a sparse side index of that width (dual strategies)."""
         validate_name(name)
         if not isinstance(strategy, str) or not strategy:
             raise InvalidArgument("strategy must be a non-empty name", field="strategy")
@@ -119,6 +122,7 @@ class CollectionManager:
             dim=dim,
             index_kind=index_kind,
             index_config=config,
+            sparse_vocab=sparse_vocab,
         )
         with self._lock:
             self._check_open()

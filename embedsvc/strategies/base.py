@@ -50,6 +50,10 @@ class Embedding:
     #: optional per-text bytes a collection stores beside each document and hands back to
     #: ``Strategy.rescore`` (e.g. BTR token codes); None for strategies without one
     payloads: list[bytes] | None = None
+    #: optional second, sparse view of the same texts (``scipy.sparse`` CSR ``[n, vocab]``,
+    #: non-negative weights per vocabulary id) for dual strategies such as ``dupmae_dual``;
+    #: collections index it beside the dense vectors and fuse both at search time
+    sparse: Any = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -72,6 +76,7 @@ class Embedding:
             self.token_counts[start:stop],
             self.truncated_tokens[start:stop],
             payloads=None if self.payloads is None else self.payloads[start:stop],
+            sparse=None if self.sparse is None else self.sparse[start:stop],
         )
 
     @staticmethod
@@ -90,7 +95,18 @@ class Embedding:
                 if any(p.payloads is None for p in parts)
                 else [x for p in parts for x in p.payloads]  # type: ignore[union-attr]
             ),
+            sparse=(
+                None
+                if any(p.sparse is None for p in parts)
+                else _vstack_sparse([p.sparse for p in parts])
+            ),
         )
+
+
+def _vstack_sparse(parts: list[Any]) -> Any:
+    from scipy import sparse
+
+    return sparse.vstack(parts, format="csr")
 
 
 class StrategyConfig(BaseModel):
