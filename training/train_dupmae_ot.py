@@ -269,6 +269,67 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
+def export(run_dirs: list[Path], ship: Path, data: Path, states: Path) -> None:
+    """Ship the head of the seed with the best *selection* score (never test) as an artifact.
+
+    The manifest records every seed's selection/test numbers, the data hashes and wall-clock.
+    """
+    import shutil
+
+    from embedsvc.checksums import sha256_file
+
+    results = [json.loads((d / "result.json").read_text()) for d in run_dirs]
+    pick = max(range(len(results)), key=lambda i: results[i]["best"]["selection/fused"]["ndcg@10"])
+    src, res = run_dirs[pick], results[pick]
+    meta = json.loads((states / "meta.json").read_text())
+    args = res["args"]
+    ship.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src / "best.safetensors", ship / "head.safetensors")
+    head_config = {
+        "hidden": 384,
+        "inner": int(args["inner"]),
+        "vocab_size": int(meta["vocab_size"]),
+        "fusion_weight": float(res["best"]["fusion_weight"]),
+        "dense": "mean pooling of the frozen encoder (unit norm)",
+        "sparse": "max per vocab id of relu(MLP(token state)) over ordinary tokens",
+    }
+    (ship / "head_config.json").write_text(json.dumps(head_config, indent=2))
+    manifest = {
+        "strategy": "dupmae_dual",
+        "base_model": {"name": "minilm", "fingerprint": meta["fingerprint"]},
+        "picked_seed": res["seed"],
+        "picked_by": "best selection nDCG@10 (fused) over seeds; test never used",
+        "data": {
+            "qrels/train.tsv": sha256_file(data / "qrels" / "train.tsv"),
+            "queries.jsonl": sha256_file(data / "queries.jsonl"),
+            "corpus.jsonl.gz": sha256_file(data / "corpus.jsonl.gz"),
+            "split": "809 judged train queries shuffled (seed 0): 600 train, 209 selection",
+        },
+        "config": args,
+        "seeds": [
+            {
+                "seed": r["seed"],
+                "step": r["best"]["step"],
+                "wall_clock_s": r["wall_clock_s"],
+                "fusion_weight": r["best"]["fusion_weight"],
+                **{
+                    f"{k}/ndcg@10": r["best"][k]["ndcg@10"]
+                    for k in r["best"]
+                    if isinstance(r["best"][k], dict) and "ndcg@10" in r["best"][k]
+                },
+            }
+            for r in results
+        ],
+        "files": {
+            p.name: sha256_file(p)
+            for p in sorted(ship.iterdir())
+            if p.is_file() and p.name != "manifest.json"
+        },
+    }
+    (ship / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"shipped seed {res['seed']} to {ship}", flush=True)
+
+
 def _brief(res: dict[str, Any]) -> str:
     keys = ["selection", "test"]
     parts = [f"w={res['fusion_weight']:.2f}"]
@@ -292,7 +353,18 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
-    train(ap.parse_args())
+    ap.add_argument(
+        "--export",
+        type=Path,
+        help="instead of training: ship the best-on-selection head of the --out run folders "
+        "(comma-separated) to this artifact folder",
+    )
+    args = ap.parse_args()
+    if args.export:
+        runs = [Path(p) for p in args.out.split(",")]
+        export(runs, args.export, Path(args.data), Path(args.states).expanduser())
+        return
+    train(args)
 
 
 if __name__ == "__main__":
