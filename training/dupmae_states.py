@@ -71,7 +71,23 @@ def encode_split(backbone, texts: list[str], batch_size: int, limit: int, log_ev
     )
 
 
-def build(data: Path, out: Path, batch_size: int = 16) -> None:
+def read_triplets(path: Path, limit: int | None = None) -> tuple[list[str], list[str]]:
+    """SimCSE-format ``sent0,sent1,hard_neg`` rows as one flat text list (3 per row, in row
+    order) and keys ``"<row>-<0|1|2>"``."""
+    import csv
+
+    keys, texts = [], []
+    with open(path, newline="") as fh:
+        for r, row in enumerate(csv.DictReader(fh)):
+            if limit is not None and r >= limit:
+                break
+            for j, col in enumerate(("sent0", "sent1", "hard_neg")):
+                keys.append(f"{r}-{j}")
+                texts.append(row[col])
+    return keys, texts
+
+
+def build(data: Path | None, out: Path, batch_size: int = 16, triplets: Path | None = None) -> None:
     import torch
 
     from embedsvc.backbones import load_backbone
@@ -81,12 +97,14 @@ def build(data: Path, out: Path, batch_size: int = 16) -> None:
     out.mkdir(parents=True, exist_ok=True)
     backbone = load_backbone("minilm")
     limit = backbone.max_length
-    docs = read_corpus(data / "corpus.jsonl.gz")
-    queries = read_queries(data / "queries.jsonl")
-    splits = {
-        "queries": (list(queries), list(queries.values())),
-        "corpus": (list(docs), [d.passage() for d in docs.values()]),
-    }
+    splits: dict[str, tuple[list[str], list[str]]] = {}
+    if data is not None:
+        docs = read_corpus(data / "corpus.jsonl.gz")
+        queries = read_queries(data / "queries.jsonl")
+        splits["queries"] = (list(queries), list(queries.values()))
+        splits["corpus"] = (list(docs), [d.passage() for d in docs.values()])
+    if triplets is not None:
+        splits["triplets"] = read_triplets(triplets)
     for split, (keys, texts) in splits.items():
         if (out / f"{split}_dense.npy").exists():
             print(f"{split}: cached, skipping", flush=True)
@@ -135,11 +153,14 @@ class StateCache:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--data", type=Path, required=True, help="BEIR folder (corpus, queries)")
+    ap.add_argument("--data", type=Path, help="BEIR folder (corpus, queries)")
+    ap.add_argument(
+        "--triplets", type=Path, help="also cache NLI triplets (sent0,sent1,hard_neg CSV)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--batch-size", type=int, default=16)
     args = ap.parse_args()
-    build(args.data, args.out.expanduser(), args.batch_size)
+    build(args.data, args.out.expanduser(), args.batch_size, args.triplets)
 
 
 if __name__ == "__main__":

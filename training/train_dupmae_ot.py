@@ -101,8 +101,11 @@ def ndcg10(qrels):
     return lambda run: score_run(qrels, run, (10,))["ndcg@10"]
 
 
-def evaluate(head, corpus, queries, vocab, qsets, select_key="selection") -> dict[str, Any]:
-    """Sparse, dense and fused metrics on each query set; fusion weight tuned on selection."""
+def evaluate(
+    head, corpus, queries, vocab, qsets, select_key="selection", fixed_weight=None
+) -> dict[str, Any]:
+    """Sparse, dense and fused metrics on each query set; fusion weight tuned on selection
+    (or ``fixed_weight``, for the variant that sees no SciFact labels at all)."""
     dmat = sparse_matrix(head, corpus, vocab)
     all_q = sorted({q for qs in qsets.values() for q in qs})
     qrows = [queries.index[q] for q in all_q]
@@ -111,6 +114,8 @@ def evaluate(head, corpus, queries, vocab, qsets, select_key="selection") -> dic
     d_run = dense_run(queries.dense[qrows], corpus.dense, all_q, corpus.keys)
     sel = qsets[select_key]
     weight, table = tune_weight(ndcg10(sel), {q: d_run[q] for q in sel}, {q: s_run[q] for q in sel})
+    if fixed_weight is not None:
+        weight = fixed_weight
     out: dict[str, Any] = {"fusion_weight": weight, "selection_weight_table": table}
     fused = fuse_runs(d_run, s_run, weight)
     for name, qrels in qsets.items():
@@ -185,16 +190,46 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         print(f"resumed at step {step}", flush=True)
 
     if step == 0 and not (out / "untrained.json").exists():
-        untrained = evaluate(head, corpus, queries, vocab, qsets)
+        untrained = evaluate(
+            head, corpus, queries, vocab, qsets, fixed_weight=0.5 if args.triplets else None
+        )
         (out / "untrained.json").write_text(json.dumps(untrained, indent=2))
         print("untrained", _brief(untrained), flush=True)
 
-    pools = negative_pools(corpus, queries, tr, train_qrels, Path(args.data))
-    pos = {q: [corpus.index[d] for d in train_qrels[q] if d in corpus.index] for q in tr}
-    train_ids = [q for q in tr if pos[q]]
+    nli = StateCache(Path(args.triplets).expanduser(), "triplets") if args.triplets else None
+    fixed = 0.5 if nli is not None else None
+    if nli is None:
+        pools = negative_pools(corpus, queries, tr, train_qrels, Path(args.data))
+        pos = {q: [corpus.index[d] for d in train_qrels[q] if d in corpus.index] for q in tr}
+        train_ids = [q for q in tr if pos[q]]
     start = time.time() - elapsed
     while step < args.steps:
         head.train()
+        if nli is not None:
+            loss = _nli_step(head, nli, rng, args.batch, vocab)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            step += 1
+            _after_step(step, loss, start, args)
+            if step % args.eval_every == 0 or step == args.steps:
+                best = _evaluate_and_save(
+                    head,
+                    opt,
+                    corpus,
+                    queries,
+                    vocab,
+                    qsets,
+                    step,
+                    best,
+                    history,
+                    rng,
+                    start,
+                    out,
+                    fixed,
+                    select_last=True,
+                )
+            continue
         batch = [train_ids[i] for i in rng.choice(len(train_ids), args.batch, replace=False)]
         doc_rows: list[int] = []
         targets = []
@@ -225,33 +260,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         loss.backward()
         opt.step()
         step += 1
-        if step % 20 == 0:
-            print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+        _after_step(step, loss, start, args)
         if step % args.eval_every == 0 or step == args.steps:
-            head.eval()
-            res = evaluate(head, corpus, queries, vocab, qsets)
-            res["step"] = step
-            history.append(res)
-            score = res["selection/fused"]["ndcg@10"]
-            print(f"eval step {step}", _brief(res), flush=True)
-            if score > best:
-                best = score
-                from safetensors.torch import save_file
-
-                save_file(head.state_dict(), str(out / "best.safetensors"))
-                (out / "best.json").write_text(json.dumps(res, indent=2))
-            torch.save(
-                {
-                    "head": head.state_dict(),
-                    "opt": opt.state_dict(),
-                    "step": step,
-                    "best": best,
-                    "history": history,
-                    "rng": rng.bit_generator.state,
-                    "torch_rng": torch.get_rng_state(),
-                    "elapsed": time.time() - start,
-                },
-                ckpt,
+            best = _evaluate_and_save(
+                head, opt, corpus, queries, vocab, qsets, step, best, history, rng, start, out
             )
     wall = time.time() - start
     best_res = json.loads((out / "best.json").read_text())
@@ -330,6 +342,81 @@ def export(run_dirs: list[Path], ship: Path, data: Path, states: Path) -> None:
     print(f"shipped seed {res['seed']} to {ship}", flush=True)
 
 
+def _after_step(step: int, loss, start: float, args) -> None:
+    if step % 20 == 0:
+        print(f"step {step} loss {loss.item():.4f} {time.time() - start:.0f}s", flush=True)
+
+
+def _nli_step(head, nli: StateCache, rng, batch: int, vocab: int):
+    """In-batch contrastive loss on NLI triplets: anchor vs (its entailment, every other
+    entailment, every contradiction hard negative)."""
+    rows = rng.choice(len(nli) // 3, batch, replace=False)
+    q_ids, q_states, q_owner = nli.rows([3 * int(r) for r in rows])
+    d_rows = [3 * int(r) + 1 for r in rows] + [3 * int(r) + 2 for r in rows]
+    d_ids, d_states, d_owner = nli.rows(d_rows)
+    qvec = pool_torch(
+        torch.from_numpy(q_ids),
+        head(torch.from_numpy(q_states)),
+        torch.from_numpy(q_owner),
+        batch,
+        vocab,
+    )
+    dvec = pool_torch(
+        torch.from_numpy(d_ids),
+        head(torch.from_numpy(d_states)),
+        torch.from_numpy(d_owner),
+        len(d_rows),
+        vocab,
+    )
+    return torch.nn.functional.cross_entropy(qvec @ dvec.T, torch.arange(batch))
+
+
+def _evaluate_and_save(
+    head,
+    opt,
+    corpus,
+    queries,
+    vocab,
+    qsets,
+    step,
+    best,
+    history,
+    rng,
+    start,
+    out,
+    fixed_weight=None,
+    select_last=False,
+) -> float:
+    """Evaluate, keep the best head (by selection nDCG@10 of the fused run, or simply the last
+    one with ``select_last``: the variant that may not look at SciFact labels), checkpoint."""
+    from safetensors.torch import save_file
+
+    head.eval()
+    res = evaluate(head, corpus, queries, vocab, qsets, fixed_weight=fixed_weight)
+    res["step"] = step
+    history.append(res)
+    score = float(step) if select_last else res["selection/fused"]["ndcg@10"]
+    print(f"eval step {step}", _brief(res), flush=True)
+    if score > best:
+        best = score
+        save_file(head.state_dict(), str(out / "best.safetensors"))
+        (out / "best.json").write_text(json.dumps(res, indent=2))
+    torch.save(
+        {
+            "head": head.state_dict(),
+            "opt": opt.state_dict(),
+            "step": step,
+            "best": best,
+            "history": history,
+            "rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(),
+            "elapsed": time.time() - start,
+        },
+        out / "ckpt.pt",
+    )
+    return best
+
+
 def _brief(res: dict[str, Any]) -> str:
     keys = ["selection", "test"]
     parts = [f"w={res['fusion_weight']:.2f}"]
@@ -353,6 +440,11 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--triplets",
+        help="train on this NLI triplet state cache instead of SciFact train queries (no SciFact "
+        "labels: last step kept, fusion weight fixed at 0.5)",
+    )
     ap.add_argument(
         "--export",
         type=Path,
