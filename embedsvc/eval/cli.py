@@ -243,6 +243,8 @@ def compare_command(
             row["index_kind"],
         )
     Console().print(table)
+    for name, why in (result.get("skipped") or {}).items():
+        Console().print(f"skipped {name}: {why}")
     Console().print("encode ms are wall-clock on this machine: compare them only from a quiet run")
 
 

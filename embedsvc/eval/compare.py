@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from embedsvc.errors import FailedPrecondition
 from embedsvc.strategies.base import Role, Strategy
 
 #: the encoder strategies compared by default (decoder-LLM ones only on request)
@@ -68,18 +69,23 @@ def compare_retrieval(
     rows: list[dict[str, Any]] = []
     bm25_row: dict[str, Any] | None = None
     n_docs = n_queries = 0
+    skipped: dict[str, str] = {}
     for name in strategies:
-        strategy = get_strategy(name)
-        res = evaluate_retrieval(
-            strategy,
-            corpus,
-            queries,
-            qrels,
-            max_docs=max_docs,
-            bm25=bm25,
-            tune_qrels=tune_qrels,
-            **cache,
-        )
+        try:
+            strategy = get_strategy(name)
+            res = evaluate_retrieval(
+                strategy,
+                corpus,
+                queries,
+                qrels,
+                max_docs=max_docs,
+                bm25=bm25,
+                tune_qrels=tune_qrels,
+                **cache,
+            )
+        except FailedPrecondition as exc:  # an artifact or dictionary not built here
+            skipped[name] = exc.message
+            continue
         cost = encode_cost(strategy, passages, sample)
         rows.append(
             {
@@ -120,6 +126,7 @@ def compare_retrieval(
         "n_queries": n_queries,
         "tuned_on": str(tune_qrels) if tune_qrels else None,
         "rows": rows,
+        "skipped": skipped,
     }
 
 
@@ -129,13 +136,23 @@ def compare_sts(strategies: Sequence[str], file: str | Path, sample: int = 64, *
     from embedsvc.strategies import get_strategy
 
     pairs = read_sts(file)
-    rows = []
+    rows, skipped = [], {}
     for name in strategies:
-        strategy = get_strategy(name)
-        res = evaluate_sts(strategy, file, **cache)
+        try:
+            strategy = get_strategy(name)
+            res = evaluate_sts(strategy, file, **cache)
+        except FailedPrecondition as exc:
+            skipped[name] = exc.message
+            continue
         cost = encode_cost(strategy, pairs.sentences1, sample)
         rows.append({"name": name, "quality": res["spearman"], **cost})
-    return {"task": "sts", "metric": "Spearman x100", "dataset": str(file), "rows": rows}
+    return {
+        "task": "sts",
+        "metric": "Spearman x100",
+        "dataset": str(file),
+        "rows": rows,
+        "skipped": skipped,
+    }
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:
