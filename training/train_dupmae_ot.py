@@ -281,8 +281,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-def export(run_dirs: list[Path], ship: Path, data: Path, states: Path) -> None:
-    """Ship the head of the seed with the best *selection* score (never test) as an artifact.
+def export(run_dirs: list[Path], ship: Path, data: Path, states: Path, pick: str = "first") -> None:
+    """Ship the head of the first run (``pick="first"``, the shipped rule: seed 0; the other
+    seeds only measure the spread) or of the run with the best *selection* score
+    (``pick="best"``; test is never used) as an artifact.
 
     The manifest records every seed's selection/test numbers, the data hashes and wall-clock.
     """
@@ -291,8 +293,9 @@ def export(run_dirs: list[Path], ship: Path, data: Path, states: Path) -> None:
     from embedsvc.checksums import sha256_file
 
     results = [json.loads((d / "result.json").read_text()) for d in run_dirs]
-    pick = max(range(len(results)), key=lambda i: results[i]["best"]["selection/fused"]["ndcg@10"])
-    src, res = run_dirs[pick], results[pick]
+    best = max(range(len(results)), key=lambda i: results[i]["best"]["selection/fused"]["ndcg@10"])
+    pick_i = 0 if pick == "first" else best
+    src, res = run_dirs[pick_i], results[pick_i]
     meta = json.loads((states / "meta.json").read_text())
     args = res["args"]
     ship.mkdir(parents=True, exist_ok=True)
@@ -310,7 +313,11 @@ def export(run_dirs: list[Path], ship: Path, data: Path, states: Path) -> None:
         "strategy": "dupmae_dual",
         "base_model": {"name": "minilm", "fingerprint": meta["fingerprint"]},
         "picked_seed": res["seed"],
-        "picked_by": "best selection nDCG@10 (fused) over seeds; test never used",
+        "picked_by": (
+            "the first seed (fixed rule); other seeds measure the spread"
+            if pick == "first"
+            else "best selection nDCG@10 (fused) over seeds; test never used"
+        ),
         "data": {
             "qrels/train.tsv": sha256_file(data / "qrels" / "train.tsv"),
             "queries.jsonl": sha256_file(data / "queries.jsonl"),
@@ -440,6 +447,7 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--eval-every", type=int, default=100)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--pick", choices=["first", "best"], default="first")
     ap.add_argument(
         "--triplets",
         help="train on this NLI triplet state cache instead of SciFact train queries (no SciFact "
@@ -454,7 +462,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.export:
         runs = [Path(p) for p in args.out.split(",")]
-        export(runs, args.export, Path(args.data), Path(args.states).expanduser())
+        export(runs, args.export, Path(args.data), Path(args.states).expanduser(), args.pick)
         return
     train(args)
 
