@@ -186,7 +186,12 @@ class OnnxStrategy(Strategy):
                     payloads[i] = pays[j]
         assert out is not None
         emb = Embedding(self.output_kind, out, dim, seen, truncated)
-        emb.payloads = payloads
+        if spec.sparse_vocab and payloads is not None:  # a dual strategy's sparse rows
+            from embedsvc.indexes.sparse import decode_sparse_rows
+
+            emb.sparse = decode_sparse_rows(payloads, spec.sparse_vocab)
+        else:
+            emb.payloads = payloads
         return emb
 
 

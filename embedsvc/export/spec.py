@@ -55,3 +55,6 @@ class OnnxSpec:
     #: int8 scale per tensor for them wrecks the embedding (TP on SmolLM2: min cosine to fp32
     #: 0.75 with them quantised, 0.98 without; see docs/results/issue7.md)
     int8_keep_float: tuple[str, ...] = ()
+    #: dual strategies: ``finalize``'s payloads are sparse rows (``embedsvc.indexes.sparse``
+    #: bytes) over this many ids, handed back as ``Embedding.sparse``; 0 = no sparse part
+    sparse_vocab: int = 0

@@ -154,6 +154,12 @@ class DupMAEDual(Strategy):
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
         return count_with_specials(self.backbone.tokenizer, texts)
 
+    def onnx_spec(self) -> Any:
+        """Export hook: encoder + mean pooling + token-weight head in one graph."""
+        from embedsvc.export.dual_modules import dual_spec
+
+        return dual_spec(self)
+
     def encode(
         self,
         texts: list[str],

@@ -93,3 +93,15 @@ def test_engine_embed_upsert_and_fused_search(artifact: Path, tmp_path: Path, mo
         assert engine.collections.get("c").describe()["sparse_count"] == 3
     finally:
         engine.close()
+
+
+def test_onnx_export_serves_both_channels(artifact: Path, tmp_path: Path) -> None:
+    from embedsvc.export.runtime import onnx_strategy
+    from embedsvc.strategies import create_strategy
+
+    dual = create_strategy("dupmae_dual", artifact=str(artifact))
+    served = onnx_strategy(dual, tmp_path, int8=False, threads=1)
+    ref, got = dual.encode(TEXTS), served.encode(TEXTS)
+    np.testing.assert_allclose(got.vectors, ref.vectors, atol=1e-4)
+    assert got.payloads is None and got.sparse.shape == ref.sparse.shape
+    np.testing.assert_allclose(got.sparse.toarray(), ref.sparse.toarray(), atol=1e-4)
