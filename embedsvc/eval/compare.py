@@ -163,11 +163,13 @@ def plot(result: dict[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in result["rows"]:
+    for i, row in enumerate(result["rows"]):
         x, y = max(row["encode_ms"], 1e-3), row["quality"]
         hybrid = "+" in row["name"]
         ax.scatter([x], [y], marker="s" if hybrid else "o", s=20 + row["bytes_per_doc"] / 40)
-        ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        # alternate label sides so points at the same place stay readable
+        offset = (4, 4) if i % 2 == 0 else (4, -11)
+        ax.annotate(row["name"], (x, y), textcoords="offset points", xytext=offset, fontsize=8)
     ax.set_xscale("log")
     ax.set_xlabel("encode ms per text (log; marker area ~ bytes per document)")
     ax.set_ylabel(result["metric"])
