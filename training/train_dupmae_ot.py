@@ -270,7 +270,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     result = {
         "seed": args.seed,
         "args": {k: str(v) for k, v in vars(args).items()},
-        "train_queries": len(train_ids),
+        "train_queries": len(train_ids) if nli is None else 0,
+        "train_triplets": len(nli) // 3 if nli is not None else 0,
         "selection_queries": len(sel),
         "wall_clock_s": wall,
         "best": best_res,
