@@ -89,3 +89,42 @@ def test_train_resume_export(tmp_path: Path) -> None:
     assert set(manifest["files"]) == {"head.safetensors", "head_config.json"}
     config = json.loads((ship / "head_config.json").read_text())
     assert config["vocab_size"] == VOCAB and 0.0 <= config["fusion_weight"] <= 1.0
+
+
+def test_nli_only_variant_runs_without_scifact_labels(tmp_path: Path) -> None:
+    states, data = fake_dataset(tmp_path)
+    nli = tmp_path / "nli"
+    nli.mkdir()
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, VOCAB, size=60 * 5).astype(np.int32)  # 20 triplets x 3 texts x 5
+    np.save(nli / "triplets_ids.npy", ids)
+    np.save(nli / "triplets_states.npy", rng.standard_normal((len(ids), H)).astype(np.float16))
+    np.save(nli / "triplets_offsets.npy", np.arange(0, len(ids) + 1, 5, dtype=np.int64))
+    np.save(nli / "triplets_dense.npy", np.zeros((60, H), np.float32))
+    (nli / "triplets_keys.json").write_text(
+        json.dumps([f"{r}-{j}" for r in range(20) for j in range(3)])
+    )
+    out = tmp_path / "nli-run"
+    run(
+        "--states",
+        str(states),
+        "--data",
+        str(data),
+        "--triplets",
+        str(nli),
+        "--out",
+        str(out),
+        "--n-train",
+        "20",
+        "--batch",
+        "4",
+        "--steps",
+        "10",
+        "--eval-every",
+        "10",
+        "--inner",
+        "8",
+    )
+    result = json.loads((out / "result.json").read_text())
+    assert result["train_triplets"] == 20 and result["best"]["fusion_weight"] == 0.5
+    assert result["best"]["step"] == 10  # the last step, not a SciFact-selected one
