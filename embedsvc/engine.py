@@ -187,7 +187,10 @@ class Engine:
             dim=strat.dim,
             index_kind=kind,
             index_config=index_params or None,
-            sparse_vocab=getattr(strat, "sparse_vocab", None),
+            # only dual strategies pass it, so backends without a sparse side index still work
+            **(
+                {"sparse_vocab": sparse} if (sparse := getattr(strat, "sparse_vocab", None)) else {}
+            ),
         )
 
     def upsert(self, collection: str, documents: list[Document]) -> UpsertCounts:
