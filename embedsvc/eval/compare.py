@@ -106,7 +106,8 @@ def compare_retrieval(
         if bm25_row is not None:
             rows.append(
                 {
-                    "name": f"bm25+{name}",
+                    # a dual strategy's hybrid uses its dense channel (for dupmae_dual: mean)
+                    "name": f"bm25+{name}" + (".dense" if "dense/ndcg@10" in res else ""),
                     "quality": res["hybrid/ndcg@10"],
                     "recall@100": res.get("hybrid/recall@100"),
                     "encode_ms": cost["encode_ms"],
