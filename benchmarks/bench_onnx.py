@@ -101,8 +101,9 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    from embedsvc.config import default_cache_dir
-    from embedsvc.export.runtime import onnx_strategy
+    from embedsvc.config import ServiceConfig
+    from embedsvc.export.startup import prepare
+    from embedsvc.runtimes.base import load_export, onnx_folder
     from embedsvc.strategies import get_strategy
 
     info = machine()
@@ -112,10 +113,13 @@ def main() -> None:
     for name in args.strategies:
         base = get_strategy(name)
         start = time.perf_counter()
-        # int8 first: its export writes the fp32 model too
+        # the start-up export (int8 writes the fp32 model too), then both executors
+        config = ServiceConfig(runtime="onnx-int8", torch_threads=args.threads)
+        prepare(name, config)
+        folder = onnx_folder(base, config)
         runtimes = {
-            "onnx-int8": onnx_strategy(base, default_cache_dir(), int8=True, threads=args.threads),
-            "onnx": onnx_strategy(base, default_cache_dir(), int8=False, threads=args.threads),
+            "onnx-int8": load_export(folder, int8=True, threads=args.threads),
+            "onnx": load_export(folder, int8=False, threads=args.threads),
         }
         export_s = time.perf_counter() - start
         for kind, items in sets.items():

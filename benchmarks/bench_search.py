@@ -218,7 +218,7 @@ def serve(
             return 8
 
         @property
-        def fingerprint(self) -> str:
+        def model_fingerprint(self) -> str:
             return f"{self.name}-{queries}"
 
         def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:

@@ -1,7 +1,8 @@
 """Parity of ONNX fp32 with torch, per strategy, on STS-B dev sentences (one line each).
 
-Exports each strategy into a temporary folder (or ``--out/<name>``), serves it with
-``OnnxStrategy`` and compares ``encode`` with the torch strategy on the same texts: min / mean
+Exports each strategy into a temporary folder (or ``--out/<name>``), serves it with the
+export's ONNX executor (``runtimes.base.load_export``) and compares ``encode`` with the torch
+strategy on the same texts: min / mean
 cosine for dense strategies; for binary ones (``btr``) the fraction of equal sentence-code bits
 and of equal token-code payload bits (+ the largest fp16 scale difference). Also prints the
 graph size and the export-time parity recorded in the manifest. Not a speed benchmark.
@@ -42,8 +43,7 @@ def compare(torch_s, served, texts: list[str]) -> dict:
     row = {"n": len(texts), "torch_s": round(t_torch, 2), "onnx_s": round(t_onnx, 2)}
     row["token_counts_equal"] = bool(np.array_equal(ref.token_counts, got.token_counts))
     if torch_s.output_kind == "binary":
-        from embedsvc.strategies._btr_codes import unpack_bits
-        from embedsvc.strategies.btr import decode_payload
+        from embedsvc.strategies.btr import decode_payload, unpack_bits
 
         a, b = unpack_bits(ref.vectors, torch_s.dim), unpack_bits(got.vectors, torch_s.dim)
         row["code_bits_equal"] = float((a == b).mean())
@@ -77,7 +77,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from embedsvc.export.onnx import MODEL_FP32, export_strategy
-    from embedsvc.export.runtime import OnnxStrategy
+    from embedsvc.runtimes.base import load_export
     from embedsvc.strategies import create_strategy
 
     texts = sentences(args.n)
@@ -89,10 +89,10 @@ def main() -> None:
             start = time.perf_counter()
             manifest = export_strategy(strategy, folder)
             export_s = time.perf_counter() - start
-            served = OnnxStrategy(strategy, folder, threads=args.threads)
+            served = load_export(folder, threads=args.threads)
             row = {"strategy": name, "export_s": round(export_s, 1)}
             row["graph_mb"] = round((folder / MODEL_FP32).stat().st_size / 1e6, 1)
-            row["export_parity"] = manifest["parity"]["fp32_min_cosine"]
+            row["export_parity"] = manifest["parity"]["fp32"]
             row.update(compare(strategy, served, texts))
         rows.append(row)
         print(json.dumps(row), flush=True)

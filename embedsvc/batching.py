@@ -1,9 +1,15 @@
 """Cross-request micro-batching: many concurrent requests, one forward pass (or one FAISS call).
 
 A :class:`MicroBatcher` keeps one bounded queue and one worker thread. The worker takes the
-oldest request, waits up to ``max_wait_ms`` for company, and runs every queued request that
-shares its key in one call while the batch stays within a cost budget (tokens for a forward
-pass, queries for a search) and an item cap. A request larger than the budget runs alone. Past
+oldest request and runs every queued request that shares its key in one call while the batch
+stays within a cost budget (tokens for a forward pass, queries for a search) and an item cap. A
+request larger than the budget runs alone.
+
+When to wait for company: a lone request on an idle worker runs at once (as TEI's queue does),
+so one sequential client never pays ``max_wait_ms``. Under load, i.e. when the previous batch
+carried several requests, the free worker waits up to ``max_wait_ms`` for as many requests as
+that batch carried, so a steady set of concurrent clients keeps sharing forward passes instead
+of settling into a lone request and the rest (1, n-1, 1, n-1, ...: half the throughput). Past
 ``max_queue`` queued items a new request is refused with ResourceExhausted at once, so overload
 is answered, not absorbed until memory runs out. One worker is right on CPU: torch and FAISS
 already use every core inside one call.
@@ -85,6 +91,10 @@ class MicroBatcher:
         self._cond = threading.Condition()
         self._closed = False
         self._busy_since: float | None = None
+        #: requests the previous batch carried: how much company the next one waits for
+        self._last_batch_requests = 1
+        #: a batch is running (on the worker, or on a caller's thread)
+        self._running = False
         self._worker = threading.Thread(target=self._run, name=f"embedsvc-{name}", daemon=True)
         self._worker.start()
 
@@ -95,7 +105,13 @@ class MicroBatcher:
         items: int,
         cost: int,
         run: Callable[[list[Any]], list[Any]],
+        on_caller: bool = False,
     ) -> Future:
+        """Queue one request; its future resolves to its result.
+
+        ``on_caller``: when the worker is idle, nothing is queued and the previous batch was a
+        lone request (no load), run the request here, on the calling thread, before returning
+        (two thread hand-offs fewer). Never from an event loop: the forward would block it."""
         request = _Request(key, payload, items, max(cost, items), run)
         with self._cond:
             if self._closed:
@@ -106,9 +122,26 @@ class MicroBatcher:
                     f"the queue is full ({self._queued} items waiting, limit {self.max_queue}); "
                     "retry with backoff or send fewer texts"
                 )
-            self._queue.append(request)
-            self._queued += items
-            self._cond.notify()
+            inline = (
+                on_caller
+                and not self._running
+                and not self._queue
+                and self._last_batch_requests <= 1
+            )
+            if inline:
+                self._running = True  # the worker waits until this batch is done
+            else:
+                self._queue.append(request)
+                self._queued += items
+                self._cond.notify()
+        if inline:
+            try:
+                if request.future.set_running_or_notify_cancel():
+                    self._execute([request])
+            finally:
+                with self._cond:
+                    self._running = False
+                    self._cond.notify_all()
         return request.future
 
     @property
@@ -121,21 +154,31 @@ class MicroBatcher:
         return 0.0 if started is None else time.monotonic() - started
 
     def close(self, timeout: float = 30.0) -> None:
-        """Finish what is queued, then stop the worker."""
+        """Finish what is queued, then stop the worker; also wait for a batch running on a
+        caller's thread (``on_caller``), so nothing is mid-forward when the engine closes."""
+        deadline = time.monotonic() + timeout
         with self._cond:
             self._closed = True
             self._cond.notify_all()
         self._worker.join(timeout)
+        with self._cond:
+            while self._running and (remaining := deadline - time.monotonic()) > 0:
+                self._cond.wait(remaining)
 
     def _take_batch(self) -> list[_Request] | None:
         with self._cond:
-            while not self._queue:
-                if self._closed:
+            while not self._queue or self._running:
+                if self._closed and not self._queue:
                     return None
                 self._cond.wait()
-            # give concurrent callers a moment to join the first request's batch
-            deadline = self._queue[0].enqueued_at + self.max_wait_ms / 1000.0
-            while not self._closed:
+            # under load, give concurrent callers a moment to join the oldest request's batch;
+            # a lone request on an idle worker (previous batch: one request) goes at once. The
+            # wait counts from now, when the worker is free: the callers of the batch that just
+            # finished are sending their next requests (counting from the oldest request's
+            # arrival instead settles into alternating batches of 1 and n-1)
+            expected = self._last_batch_requests
+            deadline = time.monotonic() + self.max_wait_ms / 1000.0
+            while not self._closed and len(self._queue) < expected:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._queued >= self.max_items:
                     break
@@ -154,37 +197,46 @@ class MicroBatcher:
                     keep.append(req)
             self._queue = keep
             self._queued -= items
+            self._running = True
             return batch
 
     def _run(self) -> None:
         while (batch := self._take_batch()) is not None:
-            live = [r for r in batch if r.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
-            self._busy_since = started = time.monotonic()
             try:
-                results = live[0].run([r.payload for r in live])
-            except BaseException as exc:  # hand the error to every caller; keep serving
-                for r in live:
-                    r.future.set_exception(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                continue
+                live = [r for r in batch if r.future.set_running_or_notify_cancel()]
+                if live:
+                    self._execute(live)
             finally:
-                elapsed = time.monotonic() - started
-                self._busy_since = None
-            items, cost = sum(r.items for r in live), sum(r.cost for r in live)
-            self.stats.batches += 1
-            self.stats.requests += len(live)
-            self.stats.texts += items
-            self.stats.tokens += cost
-            self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(live))
-            if self.on_batch is not None:
-                self.on_batch(items, cost, elapsed)
-            for r, result in zip(live, results):
-                if isinstance(result, Embedding):
-                    result.timings = {"queue": started - r.enqueued_at, "inference": elapsed}
-                r.future.set_result(result)
+                with self._cond:
+                    self._running = False
+
+    def _execute(self, live: list[_Request]) -> None:
+        """Run one batch and resolve its futures (an error goes to every caller)."""
+        self._busy_since = started = time.monotonic()
+        try:
+            results = live[0].run([r.payload for r in live])
+        except BaseException as exc:  # hand the error to every caller; keep serving
+            for r in live:
+                r.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+            return
+        finally:
+            elapsed = time.monotonic() - started
+            self._busy_since = None
+        self._last_batch_requests = len(live)
+        items, cost = sum(r.items for r in live), sum(r.cost for r in live)
+        self.stats.batches += 1
+        self.stats.requests += len(live)
+        self.stats.texts += items
+        self.stats.tokens += cost
+        self.stats.largest_batch_requests = max(self.stats.largest_batch_requests, len(live))
+        if self.on_batch is not None:
+            self.on_batch(items, cost, elapsed)
+        for r, result in zip(live, results):
+            if isinstance(result, Embedding):
+                result.timings = {"queue": started - r.enqueued_at, "inference": elapsed}
+            r.future.set_result(result)
 
 
 def _split(total: Any, sizes: Sequence[int], take: Callable[[Any, int, int], Any]) -> list[Any]:
@@ -214,16 +266,26 @@ class Batcher(MicroBatcher):
         )
 
     def submit(
-        self, strategy: Strategy, texts: list[str], role: Role, normalize: bool, tokens: int
+        self,
+        strategy: Strategy,
+        texts: list[str],
+        role: Role,
+        normalize: bool,
+        tokens: int,
+        on_caller: bool = False,
     ) -> Future:
-        """Queue ``texts``; the future resolves to their :class:`Embedding` (in order)."""
+        """Queue ``texts``; the future resolves to their :class:`Embedding` (in order).
+
+        ``on_caller``: a blocking caller (a gRPC worker thread, never an event loop) may run the
+        forward itself when the worker is idle and there is no load (``run_on_caller``)."""
 
         def run(batches: list[list[str]]) -> list[Embedding]:
             out = strategy.encode([t for b in batches for t in b], role, normalize=normalize)
             return _split(out, [len(b) for b in batches], lambda e, i, j: e.slice(i, j))
 
         key = (strategy.name, id(strategy), role, normalize)
-        return self._submit(key, texts, len(texts), tokens, run)
+        on_caller = on_caller and self.config.run_on_caller
+        return self._submit(key, texts, len(texts), tokens, run, on_caller)
 
     def encode(
         self,
@@ -234,8 +296,9 @@ class Batcher(MicroBatcher):
         tokens: int | None = None,
         timeout: float | None = None,
     ) -> Embedding:
-        """Blocking convenience around :meth:`submit`."""
-        return self.submit(strategy, texts, role, normalize, tokens or len(texts)).result(timeout)
+        """Blocking convenience around :meth:`submit` (runs on the caller when idle)."""
+        future = self.submit(strategy, texts, role, normalize, tokens or len(texts), True)
+        return future.result(timeout)
 
 
 class SearchBatcher(MicroBatcher):
@@ -243,6 +306,7 @@ class SearchBatcher(MicroBatcher):
 
     def __init__(self, config: BatchingConfig | None = None) -> None:
         config = config or BatchingConfig()
+        self.run_on_caller = config.run_on_caller
         super().__init__(
             "search-batcher",
             config.max_wait_ms,
@@ -261,7 +325,7 @@ class SearchBatcher(MicroBatcher):
 
         key = (id(collection), k, _freeze(filter))
         n = len(queries)
-        return self._submit(key, queries, n, n, run).result()
+        return self._submit(key, queries, n, n, run, self.run_on_caller).result()
 
 
 def _freeze(value: Any) -> Hashable:

@@ -89,13 +89,15 @@ def _readable_corpus(path: Path) -> int:
     raise typer.Exit(2)
 
 
-def _ensure_collection(engine, name: str, strategy: str, index_kind: str | None) -> None:
+def _ensure_collection(
+    engine, name: str, strategy: str, index_kind: str | None, backend: str = "faiss"
+) -> None:
     from embedsvc.errors import NotFound
 
     try:
         engine.collections.get(name)
     except NotFound:
-        engine.create_collection(name, strategy=strategy, index_kind=index_kind)
+        engine.create_collection(name, strategy=strategy, index_kind=index_kind, backend=backend)
 
 
 @app.command()
@@ -120,6 +122,16 @@ def serve(
     demo_collection: str = typer.Option(DEMO_COLLECTION, help="the collection --demo fills"),
     log_level: str = typer.Option(None, help="DEBUG, INFO, ... (default: logging.level, INFO)"),
     log_format: str = typer.Option(None, help="text | json (default: logging.format, text)"),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="deploy on Ray Serve instead (embedding replicas + one collection replica behind "
+        "Ray's gRPC proxy on ray_serve.grpc_port and HTTP proxy on ray_serve.http_port; needs "
+        "the serve extra)",
+    ),
+    address: str = typer.Option(
+        None, help="--ray: a running Ray cluster (ray://head:10001, auto); default: local Ray"
+    ),
 ) -> None:
     """Run the gRPC server until SIGTERM/SIGINT (then drain and checkpoint).
 
@@ -144,6 +156,13 @@ def serve(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     configure_logging(cfg.logging)
+    if ray:
+        if demo:
+            typer.echo("error: --demo is not supported with --ray", err=True)
+            raise typer.Exit(2)
+        if address:
+            cfg.ray_serve.address = address
+        raise typer.Exit(_serve_on_ray(cfg))
 
     def warm_up(engine, startup) -> None:
         if not demo:
@@ -180,12 +199,48 @@ def serve(
     raise typer.Exit(status)
 
 
+def _serve_on_ray(cfg) -> int:
+    """Deploy on Ray Serve and wait for SIGTERM/SIGINT, then shut the application down."""
+    import signal
+    import threading
+
+    try:
+        from embedsvc.server import ray_serve
+    except ImportError as exc:
+        typer.echo(f"error: --ray needs the serve extra (pip install 'embedsvc[serve]'): {exc}")
+        return 2
+    done = threading.Event()
+    try:
+        ray_serve.start(cfg)
+    except EmbedsvcError as exc:
+        _fail(exc)
+    # after ray.init, which installs handlers of its own
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    rs = cfg.ray_serve
+    print(
+        f"embedsvc on Ray Serve: gRPC on {rs.host}:{rs.grpc_port}, http on "
+        f"{rs.host}:{rs.http_port} ({rs.embedding_replicas} embedding replicas)",
+        flush=True,
+    )
+    done.wait()
+    from ray import serve
+
+    serve.delete(rs.application)
+    serve.shutdown()
+    print("embedsvc on Ray Serve: stopped", flush=True)
+    return 0
+
+
 @app.command()
 def index(
     file: Path = typer.Argument(..., help="JSONL(.gz) or Parquet with id, text, metadata"),
     collection: str = typer.Option(..., "--collection", "-c"),
     strategy: str = typer.Option("mean", help="strategy when the collection is created"),
     index_kind: str = typer.Option(None, help="index kind when created (flat, ivf, hnsw, ...)"),
+    backend: str = typer.Option(
+        "faiss", help="where a new collection lives: faiss (data folder) or milvus (milvus.uri)"
+    ),
     server: str = typer.Option(None, help="host:port of a running server (else in-process)"),
     data_dir: Path = typer.Option(None, help="in-process: where collections persist"),
     config: Path = typer.Option(None),
@@ -218,13 +273,15 @@ def index(
             typer.echo("error: --engine must be local or ray", err=True)
             raise typer.Exit(2)
         elif server:
-            counts = _index_via_server(server, file, collection, strategy, index_kind, batch_size)
+            counts = _index_via_server(
+                server, file, collection, strategy, index_kind, batch_size, backend
+            )
         else:
             from embedsvc.engine import Engine
 
             engine = Engine(_config(config, data_dir=data_dir))
             try:
-                _ensure_collection(engine, collection, strategy, index_kind)
+                _ensure_collection(engine, collection, strategy, index_kind, backend)
                 counts = _index_into_engine(engine, file, collection, batch_size)
             finally:
                 engine.close()
@@ -234,7 +291,13 @@ def index(
 
 
 def _index_via_server(
-    target: str, file: Path, collection: str, strategy: str, index_kind: str | None, chunk: int
+    target: str,
+    file: Path,
+    collection: str,
+    strategy: str,
+    index_kind: str | None,
+    chunk: int,
+    backend: str = "faiss",
 ) -> dict[str, int]:
     import grpc
     from tqdm import tqdm
@@ -248,7 +311,9 @@ def _index_via_server(
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
-            client.create_collection(collection, strategy=strategy, index_kind=index_kind or "")
+            client.create_collection(
+                collection, strategy=strategy, index_kind=index_kind or "", backend=backend
+            )
         bar = tqdm(total=count_documents(file), unit="doc", desc=f"index {collection}")
 
         def counted():

@@ -163,11 +163,13 @@ class EmbedsvcClient:
         strategy: str = "",
         index_kind: str = "",
         index_params: dict[str, Any] | None = None,
+        backend: str = "",
     ) -> cpb.Collection:
         request = cpb.CreateCollectionRequest(
             name=name,
             strategy=strategy,
             index_kind=index_kind,
+            backend=backend,
             index_params={k: str(v) for k, v in (index_params or {}).items()},
         )
         return self.collections.CreateCollection(request, timeout=self.timeout).collection

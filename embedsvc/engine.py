@@ -8,19 +8,24 @@ status codes is the transport's job.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from embedsvc import telemetry
 from embedsvc.batching import Batcher, SearchBatcher
 from embedsvc.collections.manager import CollectionManager
+from embedsvc.collections.store import validate_filter
 from embedsvc.config import ServiceConfig
 from embedsvc.errors import InvalidArgument
 from embedsvc.indexes import index_kind_class
+from embedsvc.runtimes import serving_strategy
+from embedsvc.runtimes.base import runtime_of
 from embedsvc.strategies import Embedding, Role, Strategy, available_strategies, get_strategy
 
 log = logging.getLogger(__name__)
@@ -58,12 +63,24 @@ class StrategyInfo:
     dim: int
     max_tokens: int
     loaded: bool
+    #: what executes it under this service's runtime: torch | onnx | onnx-int8, "refused ..."
+    #: where the int8 gate refuses it, "none (model-free)" for the debug engines
+    runtime: str = "torch"
 
 
 class Engine:
     """What the service does, as a library."""
 
-    def __init__(self, config: ServiceConfig | None = None) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig | None = None,
+        collections: bool = True,
+        encoder: Any = None,
+    ) -> None:
+        """``collections=False``: an embedding-only engine that owns no data folder (a Ray Serve
+        embedding replica). ``encoder``: a callable with ``Batcher.encode``'s signature that runs
+        the forward passes elsewhere (the Ray Serve collection replica hands them to the
+        embedding replicas); validation and token counting stay here."""
         self.config = config or ServiceConfig()
         # strategies load their backbones through default_cache_dir(); point it at ours
         os.environ["EMBEDSVC_CACHE_DIR"] = str(self.config.cache_dir)
@@ -71,8 +88,15 @@ class Engine:
         self.search_batcher = (
             SearchBatcher(self.config.batching) if self.config.batching.batch_searches else None
         )
-        self.collections = CollectionManager(self.config.data_dir)
+        self.collections = (
+            CollectionManager(self.config.data_dir, milvus=self.config.milvus)
+            if collections
+            else None
+        )
+        self.encoder = encoder
         self._loaded: set[str] = set()
+        #: strategies that have answered a request (their model is loaded)
+        self._warm: set[str] = set()
         self._load_lock = threading.Lock()
 
     # -- strategies ----------------------------------------------------------------------------
@@ -80,20 +104,22 @@ class Engine:
     def strategy(self, name: str | None) -> Strategy:
         """The shared instance of ``name`` (default ``mean``); NotFound lists valid names."""
         name = name or DEFAULT_STRATEGY
-        strategy = get_strategy(name)
-        if self.config.runtime != "torch":  # onnx | onnx-int8: same API, ONNX Runtime forward
-            from embedsvc.export.runtime import serving_strategy
-
-            strategy = serving_strategy(strategy, self.config)
+        # torch: the shared instance; onnx | onnx-int8: an instance whose executor runs the
+        # exported core (exported at start-up, never here)
+        strategy = serving_strategy(name, self.config)
         with self._load_lock:
             self._loaded.add(name)
         return strategy
 
     def preload(self) -> None:
         """Load the configured strategies' models now, so the first request is not slow."""
+        from embedsvc.export.startup import prepare
+
         for name in self.config.preload_strategies:
+            prepare(name, self.config)  # the ONNX export, when the runtime needs one
             strategy = self.strategy(name)
             strategy.encode(["warm-up"], Role.QUERY)
+            self._warm.add(strategy.name)
 
     def list_strategies(self) -> list[StrategyInfo]:
         infos = []
@@ -103,8 +129,11 @@ class Engine:
             if loaded:
                 inst = get_strategy(name)
                 dim, max_tokens = inst.dim, inst.max_tokens
+            runtime = runtime_of(cls, self.config.runtime)
             infos.append(
-                StrategyInfo(name, cls.description, cls.output_kind, dim, max_tokens, loaded)
+                StrategyInfo(
+                    name, cls.description, cls.output_kind, dim, max_tokens, loaded, runtime
+                )
             )
         return infos
 
@@ -140,6 +169,21 @@ class Engine:
         strict: bool,
         what: str = "texts",
     ) -> Embedding:
+        future, tokenize = self._submit(strategy, texts, role, normalize, strict, what, True)
+        return self._finish(future.result(), strategy, tokenize, len(texts))
+
+    def _submit(
+        self,
+        strategy: Strategy,
+        texts: list[str],
+        role: Role,
+        normalize: bool,
+        strict: bool,
+        what: str = "texts",
+        on_caller: bool = False,
+    ) -> tuple[Future, float]:
+        """Count tokens on the calling thread, queue the texts: (the batcher's future, seconds
+        spent tokenising). ``on_caller``: a blocking caller may run the forward itself."""
         started = time.perf_counter()
         counts = strategy.count_tokens(texts, role)
         tokenize = time.perf_counter() - started
@@ -153,9 +197,20 @@ class Engine:
                         field=f"{what}[{i}]",
                     )
         tokens = sum(min(n, strategy.max_tokens) for n in counts)
-        emb = self.batcher.encode(strategy, texts, role, normalize, tokens)
+        if self.encoder is not None:  # forwards run elsewhere (a Ray embedding replica)
+            future: Future = Future()
+            try:
+                future.set_result(self.encoder(strategy, texts, role, normalize, tokens))
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller through the future
+                future.set_exception(exc)
+            return future, tokenize
+        future = self.batcher.submit(strategy, texts, role, normalize, tokens, on_caller)
+        return future, tokenize
+
+    def _finish(self, emb: Embedding, strategy: Strategy, tokenize: float, n: int) -> Embedding:
         emb.timings["tokenize"] = tokenize
-        telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=len(texts))
+        telemetry.record_stages(emb.timings, strategy=strategy.name, batch_size=n)
+        self._warm.add(strategy.name)
         return emb
 
     def embed(
@@ -169,6 +224,30 @@ class Engine:
         self._validate_texts(texts, "texts", self.config.limits.max_texts_per_request)
         return self._encode(self.strategy(strategy), texts, role, normalize, strict)
 
+    def is_warm(self, strategy: str | None) -> bool:
+        """``strategy`` has answered a request already (its model is loaded)."""
+        return (strategy or DEFAULT_STRATEGY) in self._warm
+
+    async def embed_async(
+        self,
+        texts: list[str],
+        strategy: str | None = None,
+        role: Role = Role.QUERY,
+        normalize: bool = True,
+        strict: bool = False,
+    ) -> Embedding:
+        """:meth:`embed` for an event loop without a thread hop: validation and the token count
+        run on the calling (loop) thread, the forward on the batcher's worker, and the loop
+        serves other requests meanwhile. Meant for small requests of a warm strategy (a cold
+        one loads its model in the first call, which would block the loop)."""
+        if self.encoder is not None:  # a remote forward blocks: keep it off the loop
+            return await asyncio.to_thread(self.embed, texts, strategy, role, normalize, strict)
+        self._validate_texts(texts, "texts", self.config.limits.max_texts_per_request)
+        strat = self.strategy(strategy)
+        future, tokenize = self._submit(strat, texts, role, normalize, strict)
+        emb = await asyncio.wrap_future(future)
+        return self._finish(emb, strat, tokenize, len(texts))
+
     # -- collections ---------------------------------------------------------------------------
 
     def create_collection(
@@ -177,7 +256,9 @@ class Engine:
         strategy: str | None = None,
         index_kind: str | None = None,
         index_params: dict[str, Any] | None = None,
+        backend: str | None = None,
     ):
+        """A new collection of ``strategy`` on ``backend`` (faiss, the default, or milvus)."""
         strat = self.strategy(strategy)
         kind = index_kind or ("binary" if strat.output_kind == "binary" else "flat")
         return self.collections.create(
@@ -187,6 +268,7 @@ class Engine:
             dim=strat.dim,
             index_kind=kind,
             index_config=index_params or None,
+            backend=backend or "faiss",
             # only dual strategies pass it, so backends without a sparse side index still work
             **(
                 {"sparse_vocab": sparse} if (sparse := getattr(strat, "sparse_vocab", None)) else {}
@@ -237,6 +319,12 @@ class Engine:
     def delete(self, collection: str, ids: list[str]) -> int:
         if not ids:
             raise InvalidArgument("ids is empty; name at least one document id", field="ids")
+        limit = self.config.limits.max_ids_per_request
+        if len(ids) > limit:
+            raise InvalidArgument(
+                f"{len(ids):,} ids in one Delete; the limit is {limit:,}: split the request",
+                field="ids",
+            )
         return self.collections.get(collection).delete(ids)
 
     def search(
@@ -258,6 +346,8 @@ class Engine:
             )
         coll = self.collections.get(collection)
         self._validate_texts(queries, "queries", limits.max_queries_per_search)
+        if filter:
+            validate_filter(filter)  # before the search batcher groups requests by filter
         strat = self.strategy(coll.strategy)
         emb = self._encode(strat, queries, Role.QUERY, True, False, what="queries")
         started = time.perf_counter()
@@ -305,4 +395,5 @@ class Engine:
         self.batcher.close()
         if self.search_batcher is not None:
             self.search_batcher.close()
-        self.collections.close()
+        if self.collections is not None:
+            self.collections.close()

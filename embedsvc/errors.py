@@ -51,3 +51,26 @@ class Unauthenticated(EmbedsvcError):
 
 class PermissionDenied(EmbedsvcError):
     code = "PERMISSION_DENIED"
+
+
+class PayloadTooLarge(ResourceExhausted):
+    """A request body over the configured limit (HTTP 413; RESOURCE_EXHAUSTED on gRPC)."""
+
+    http_status = 413
+
+
+#: how much of a caller's value an error message repeats
+ECHO_CHARS = 100
+
+
+def shorten(value: object, limit: int = ECHO_CHARS) -> str:
+    """``repr(value)`` for an error message, cut to about ``limit`` characters.
+
+    Messages repeat what the caller sent so they can find it; a 10,000-character name repeated
+    whole would push the message past gRPC's metadata limit (and into every log line).
+    """
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    size = f" ({len(value):,} characters)" if isinstance(value, str) else ""
+    return f"{text[:limit]}...{size}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -22,9 +23,10 @@ def test_results_come_back_in_order_and_match_direct_encode(debug):
     batcher = Batcher(BatchingConfig(max_wait_ms=20))
     texts = [[f"alpha {i}", f"beta {i} gamma"] for i in range(20)]
     results: dict[int, np.ndarray] = {}
+    slow = create_strategy("debug", delay_ms=20)  # requests queue while a batch runs
 
     def call(i: int) -> None:
-        results[i] = batcher.encode(debug, texts[i], Role.QUERY, True, 4).vectors
+        results[i] = batcher.encode(slow, texts[i], Role.QUERY, True, 4).vectors
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(20)]
     for t in threads:
@@ -146,3 +148,99 @@ def test_engine_batches_only_index_kinds_that_gain_from_it(tmp_path, kind, batch
     assert hits[0][0].id == "3"
     assert bool(seen) is batched
     engine.close()
+
+
+def test_lone_request_on_idle_worker_runs_at_once(debug):
+    """One sequential client never waits max_wait_ms (the worker is idle, nobody else queues)."""
+    batcher = Batcher(BatchingConfig(max_wait_ms=2000))
+    for _ in range(3):
+        emb = batcher.encode(debug, ["alone"], Role.QUERY)
+        assert emb.timings["queue"] < 1.0, emb.timings
+    batcher.close()
+    assert batcher.stats.batches == 3
+
+
+@pytest.mark.parametrize("max_wait_ms, batches", [(2000, 3), (0, 4)])
+def test_under_load_a_batch_waits_for_company(max_wait_ms, batches):
+    """After a batch of two requests, the next request waits (up to max_wait_ms) for a second
+    one instead of running alone; with max_wait_ms=0 it runs alone."""
+    slow = create_strategy("debug", delay_ms=100)
+    batcher = Batcher(BatchingConfig(max_wait_ms=max_wait_ms))
+    first = batcher.submit(slow, ["a"], Role.QUERY, True, 1)  # runs alone: the worker was idle
+    while not first.running():
+        time.sleep(0.001)
+    pair = [batcher.submit(slow, [t], Role.QUERY, True, 1) for t in ("b", "c")]  # queue behind
+    for f in (first, *pair):
+        f.result(10)
+    assert batcher.stats.largest_batch_requests == 2
+    late = batcher.submit(slow, ["d"], Role.QUERY, True, 1)
+    time.sleep(0.05)
+    later = batcher.submit(slow, ["e"], Role.QUERY, True, 1)
+    late.result(10), later.result(10)
+    batcher.close()
+    assert batcher.stats.batches == batches
+
+
+class _Recording:
+    """Wraps a strategy; records the thread each forward ran on."""
+
+    def __init__(self, inner):
+        self.inner, self.name, self.threads = inner, "recording", []
+
+    def encode(self, texts, role, normalize=True):
+        self.threads.append(threading.current_thread().name)
+        return self.inner.encode(texts, role, normalize=normalize)
+
+
+def test_idle_blocking_caller_runs_the_forward_itself(debug):
+    rec = _Recording(debug)
+    batcher = Batcher(BatchingConfig(max_wait_ms=0))
+    assert batcher.encode(rec, ["x"], Role.QUERY).vectors.shape == (1, 32)
+    assert rec.threads == [threading.current_thread().name]
+    batcher.close()
+
+    rec = _Recording(debug)
+    batcher = Batcher(BatchingConfig(max_wait_ms=0, run_on_caller=False))
+    batcher.encode(rec, ["x"], Role.QUERY)
+    assert rec.threads == ["embedsvc-batcher"]
+    batcher.close()
+
+
+def test_busy_worker_queues_a_blocking_caller():
+    """One forward at a time: while the worker runs a batch, a blocking caller queues."""
+    slow = create_strategy("debug", delay_ms=200)
+    rec = _Recording(slow)
+    batcher = Batcher(BatchingConfig(max_wait_ms=0))
+    running = batcher.submit(slow, ["a"], Role.QUERY, True, 1)
+    while not running.running():
+        time.sleep(0.001)
+    batcher.encode(rec, ["b"], Role.QUERY)
+    assert running.done() and rec.threads == ["embedsvc-batcher"]
+    batcher.close()
+
+
+def test_steady_concurrent_clients_keep_full_batches():
+    """8 closed-loop clients: once a batch of 8 ran, the free worker waits for all 8 next
+    requests instead of settling into alternating batches of 1 and 7 (half the throughput)."""
+    # the wait (40 ms) is shorter than a forward (60 ms): a request that queued during the
+    # forward must still wait for the others once the worker is free
+    slow = create_strategy("debug", delay_ms=60)
+    sizes: list[int] = []
+    batcher = Batcher(BatchingConfig(max_wait_ms=40), on_batch=lambda n, c, e: sizes.append(n))
+
+    def client() -> None:
+        for i in range(10):
+            batcher.encode(slow, [f"t {i}"], Role.QUERY)
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    threads[0].start()  # its first request runs alone; the other 7 queue behind it
+    while batcher.busy_for() == 0:
+        time.sleep(0.001)
+    for t in threads[1:]:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    assert sum(sizes) == 80
+    # e.g. [1, 7, 8, 8, ...] or [1, 8, ..., 8, 7]; alternating 1 and 7 would be 20 batches
+    assert len(sizes) <= 12 and sizes.count(8) >= 8, sizes

@@ -40,6 +40,9 @@ from tqdm import tqdm
 
 from embedsvc.checksums import sha256_file
 
+# training-only helpers live beside the trainers (training/trainlib), not in embedsvc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 DATA = Path("/work/shared/data/train/wiki_en")
 
 
@@ -94,8 +97,7 @@ def snippet(tokenizer: Any, ids: list[int], pos: int, width: int = 6) -> str:
 def _sample(bb: Any, cfg: BuildConfig, ids_list: list[list[int]], counts: np.ndarray, rng: Any):
     """Encoder forward over the slice; stream-sample occurrences (fp16 to halve memory)."""
     import torch
-
-    from embedsvc.strategies._senses import sample_keep
+    from trainlib.senses import sample_keep
 
     tok = bb.tokenizer
     vecs: list[np.ndarray] = []
@@ -123,14 +125,14 @@ def _sample(bb: Any, cfg: BuildConfig, ids_list: list[list[int]], counts: np.nda
 
 def build(cfg: BuildConfig, command: str = "", resume: bool = False) -> Path:
     import torch
+    from trainlib.senses import kmeans, senses_for, table_from_lists
 
     from embedsvc.backbones import load_backbone
-    from embedsvc.strategies._sense_io import (
+    from embedsvc.strategies.multisense.io import (
         SenseDictionary,
         default_dictionary_dir,
         save_dictionary,
     )
-    from embedsvc.strategies._senses import kmeans, senses_for, table_from_lists
 
     torch.set_num_threads(cfg.threads)
     start = time.time()

@@ -32,24 +32,24 @@ def encode_split(backbone, texts: list[str], batch_size: int, limit: int, log_ev
     """Ordinary-token ids/states, offsets and mean vectors of ``texts`` (original order)."""
     import torch
 
-    from embedsvc.strategies._batches import length_sorted_batches
+    from embedsvc.strategies.core import ENCODER_INPUTS
+    from embedsvc.strategies.features import pad_batch, tokenize
+    from embedsvc.strategies.runner import length_sorted_batches
 
     tok = backbone.tokenizer
-    counts = [len(x) for x in tok(texts, add_special_tokens=True, verbose=False)["input_ids"]]
+    feats = tokenize(tok, texts, limit)  # the served pre stage: [CLS] ... [SEP], cut to limit
+    names = tuple(n for n in ENCODER_INPUTS if n in tok.model_input_names)
     specials = torch.tensor([tok.cls_token_id, tok.sep_token_id])
     per_ids: list[np.ndarray | None] = [None] * len(texts)
     per_states: list[np.ndarray | None] = [None] * len(texts)
     dense = np.empty((len(texts), backbone.hidden_size), np.float32)
     start = time.time()
     with torch.inference_mode():
-        batches = length_sorted_batches(tok, texts, counts, batch_size, limit)
-        for b, (idx, enc) in enumerate(batches):
-            inputs = {
-                k: v
-                for k, v in enc.items()
-                if k in ("input_ids", "attention_mask", "token_type_ids")
-            }
-            hidden = backbone.model.base_model(**inputs).last_hidden_state
+        batches = length_sorted_batches([len(x) for x in feats.ids], batch_size)
+        for b, idx in enumerate(batches):
+            feeds = pad_batch([feats.ids[i] for i in idx], tok.pad_token_id, names)
+            enc = {k: torch.from_numpy(v) for k, v in feeds.items()}
+            hidden = backbone.model.base_model(**enc).last_hidden_state
             mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
             dense[idx] = torch.nn.functional.normalize(pooled, dim=1).numpy()

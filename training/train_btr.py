@@ -1,7 +1,7 @@
 """Train the BTR calibration (and a low-rank adapter) that restores quality of binary token codes.
 
 The backbone (MiniLM) stays frozen. Per passage: lower blocks ``0..cut-1`` give the states that
-are binarised; the trainable :class:`~embedsvc.strategies._btr_codes.Calibration` turns bits +
+are binarised; the trainable :class:`~embedsvc.strategies.btr.model.Calibration` turns bits +
 per-token scales back into states; the frozen upper blocks run on them. The objective distils
 the float model's upper-layer output from that binary path (``1 - cos`` of the pooled sentence
 embedding + ``token_weight`` x ``1 - cos`` per token state), with a straight-through sign
@@ -33,6 +33,9 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from embedsvc.checksums import sha256_file
+
+# training-only helpers live beside the trainers (training/trainlib), not in embedsvc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DATA = Path("/work/shared/data/train/wiki_en")
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +86,8 @@ def precompute(bb: Any, texts: list[str], cfg: TrainConfig, desc: str) -> list[d
     The frozen backbone means these never change, so they are computed once (no grad)."""
     import torch
 
-    from embedsvc.strategies._btr_codes import lower_states, masked_mean, upper_states
+    from embedsvc.backbones.layers import lower_states, upper_states
+    from embedsvc.strategies.pooling import masked_mean
 
     items = []
     with torch.inference_mode():
@@ -131,7 +135,9 @@ def evaluate(bb: Any, calib: Any, items: list[dict[str, Any]], cut: int) -> dict
     import torch
     import torch.nn.functional as F
 
-    from embedsvc.strategies._btr_codes import masked_mean, naive_roundtrip, upper_states
+    from embedsvc.backbones.layers import upper_states
+    from embedsvc.strategies.btr.model import naive_roundtrip
+    from embedsvc.strategies.pooling import masked_mean
 
     cos: dict[str, list[float]] = {"naive": [], "current": []}
     with torch.inference_mode():
@@ -150,15 +156,12 @@ def evaluate(bb: Any, calib: Any, items: list[dict[str, Any]], cut: int) -> dict
 def train(cfg: TrainConfig, *, resume: bool = False, ship: bool = False, command: str = "") -> dict:
     import torch
     import torch.nn.functional as F
+    from trainlib.btr import fit_calibration, fit_projection
 
     from embedsvc.backbones import load_backbone
-    from embedsvc.strategies._btr_codes import (
-        Calibration,
-        fit_calibration,
-        fit_projection,
-        masked_mean,
-        upper_states,
-    )
+    from embedsvc.backbones.layers import upper_states
+    from embedsvc.strategies.btr.model import Calibration
+    from embedsvc.strategies.pooling import masked_mean
 
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)

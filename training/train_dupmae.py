@@ -2,7 +2,8 @@
 
 Reference
     Xiao et al., "RetroMAE-2: Duplex Masked Auto-Encoder" (ACL 2023); staoxiao/RetroMAE
-    ``src/pretrain/modeling_duplex.py`` (re-derived in ``embedsvc/strategies/_dupmae_model.py``).
+    ``src/pretrain/modeling_duplex.py`` (re-derived in ``embedsvc/strategies/dupmae/model.py``
+    and ``trainlib/dupmae.py``).
 
 Two sub-commands, one config model each (written to ``<out>/config.json``):
 
@@ -51,6 +52,9 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from embedsvc.checksums import sha256_file
+
+# training-only helpers live beside the trainers (training/trainlib), not in embedsvc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DATA = Path("/work/shared/data")
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,8 +187,7 @@ def pretrain_batch(
 ) -> dict[str, Any]:
     """Collate token-id lists (no specials) into encoder/decoder tensors."""
     import torch
-
-    from embedsvc.strategies._dupmae_model import decoder_visibility, mlm_corrupt, whole_word_mask
+    from trainlib.dupmae import decoder_visibility, mlm_corrupt, whole_word_mask
 
     cls_id, sep_id, pad_id, mask_id = (
         tok.cls_token_id,
@@ -223,12 +226,9 @@ def pretrain_loss(bert: Any, heads: Any, decoder: Any, batch: dict[str, Any], cf
     """``(loss, parts)``: L_dec + bow_weight * L_bow + L_enc, as the reference sums them."""
     import torch
     import torch.nn.functional as F
+    from trainlib.dupmae import bow_target, max_over_tokens_argmax
 
-    from embedsvc.strategies._dupmae_model import (
-        bow_target,
-        max_over_tokens_argmax,
-        ordinary_mask,
-    )
+    from embedsvc.strategies.dupmae.model import ordinary_mask
 
     specials = (tok.cls_token_id, tok.sep_token_id)
     h = bert(input_ids=batch["enc"], attention_mask=batch["attn"]).last_hidden_state
@@ -270,8 +270,9 @@ def ot_recovery(bert: Any, heads: Any, tok: Any, seqs: list[list[int]], bs: int 
     The OT vector is the pre-training one (max over ordinary positions of the raw logits).
     """
     import torch
+    from trainlib.dupmae import max_over_tokens
 
-    from embedsvc.strategies._dupmae_model import max_over_tokens, ordinary_mask
+    from embedsvc.strategies.dupmae.model import ordinary_mask
 
     scores = []
     with torch.inference_mode():
@@ -295,14 +296,10 @@ def ot_recovery(bert: Any, heads: Any, tok: Any, seqs: list[list[int]], bs: int 
 
 def run_pretrain(cfg: PretrainConfig, resume: bool) -> dict[str, Any]:
     import torch
+    from trainlib.dupmae import EnhancedDecoder, continuation_table
 
     from embedsvc.backbones import load_backbone
-    from embedsvc.strategies._dupmae_model import (
-        DupMAEHeads,
-        EnhancedDecoder,
-        continuation_table,
-        lora_encoder,
-    )
+    from embedsvc.strategies.dupmae.model import DupMAEHeads, lora_encoder
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)
@@ -492,8 +489,9 @@ def load_triplets(path: Path, limit: int, data_seed: int) -> list[tuple[str, str
 def channel_scores(model: Any, texts: list[str], max_length: int):
     """``(cls [n, c] unit, ot [n, V] unit top-k sparse)`` with gradients, for the loss."""
     import torch.nn.functional as F
+    from trainlib.dupmae import sparse_from_topk
 
-    from embedsvc.strategies._dupmae_model import ordinary_mask, ot_topk, sparse_from_topk
+    from embedsvc.strategies.dupmae.model import ordinary_mask, ot_topk
 
     tok = model["tok"]
     enc = tok(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
@@ -515,7 +513,7 @@ def run_finetune(cfg: FinetuneConfig, resume: bool) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     from embedsvc.backbones import load_backbone
-    from embedsvc.strategies._dupmae_model import DupMAEHeads, lora_encoder
+    from embedsvc.strategies.dupmae.model import DupMAEHeads, lora_encoder
 
     torch.set_num_threads(cfg.threads)
     out = Path(cfg.out)

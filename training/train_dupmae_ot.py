@@ -39,12 +39,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dupmae_states import StateCache  # noqa: E402
+from trainlib.dupmae_exact import pool_torch  # noqa: E402
 
 from embedsvc.eval.data import read_qrels  # noqa: E402
 from embedsvc.eval.retrieval import score_run  # noqa: E402
 from embedsvc.indexes.fusion import fuse_runs, tune_weight  # noqa: E402
 from embedsvc.indexes.sparse import SparseIndex  # noqa: E402
-from embedsvc.strategies._dupmae_exact import ExactTermHead, pool_csr, pool_torch  # noqa: E402
+from embedsvc.strategies.dupmae.exact import ExactTermHead, pool_csr  # noqa: E402
 
 DEPTH = 100
 

@@ -36,6 +36,9 @@ from tqdm import tqdm
 
 from embedsvc.checksums import sha256_file
 
+# training-only helpers live beside the trainers (training/trainlib), not in embedsvc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 DATA = Path("/work/shared/data")
 
 
@@ -120,7 +123,7 @@ def cached_states(
         try:
             part = np.load(path)
         except (FileNotFoundError, ValueError, OSError):
-            seqs, _ = layer_inputs(backbone.tokenizer, texts[i : i + chunk], max_length)
+            seqs = layer_inputs(backbone.tokenizer, texts[i : i + chunk], max_length).ids
             part = layer_states(backbone, seqs, batch_size=32).astype(np.float16)
             _save_atomic(path, part)
         parts[i] = part
@@ -234,10 +237,11 @@ def _select(states: np.ndarray, idx: np.ndarray, kind: str) -> Any:
 
 def train(cfg: TrainConfig, *, resume: bool = False, ship: str | None = None) -> dict[str, Any]:
     import torch
+    from trainlib.losses import contrastive_loss
 
     from embedsvc.backbones import load_backbone
     from embedsvc.config import default_cache_dir
-    from embedsvc.strategies._heads import HeadConfig, build_head, contrastive_loss
+    from embedsvc.strategies.mltp.model import HeadConfig, build_head
 
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads)
@@ -365,7 +369,8 @@ def ship_artifact(
     """Write ``embedsvc/artifacts/<name>/`` (or the folder ``name`` if it has a ``/``)."""
     from safetensors.torch import save_file
 
-    from embedsvc.strategies.mltp import ARTIFACTS, HEAD_CONFIG, HEAD_FILE, MANIFEST
+    from embedsvc.strategies.artifacts import ARTIFACTS, MANIFEST
+    from embedsvc.strategies.mltp import HEAD_CONFIG, HEAD_FILE
 
     folder = Path(name) if "/" in name else ARTIFACTS / name
     folder.mkdir(parents=True, exist_ok=True)

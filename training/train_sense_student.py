@@ -76,8 +76,8 @@ def token_data(strategy: Any, texts: list[str], cfg: TrainConfig, desc: str) -> 
     """Student states, token ids and teacher sense targets of every multi-sense token."""
     import torch
 
-    from embedsvc.strategies._btr_codes import lower_states, upper_states
-    from embedsvc.strategies._senses import assign_senses
+    from embedsvc.backbones.layers import lower_states, upper_states
+    from embedsvc.strategies.multisense.model import assign_senses
 
     p = strategy._load()
     bb = p["backbone"]
@@ -107,7 +107,7 @@ def token_data(strategy: Any, texts: list[str], cfg: TrainConfig, desc: str) -> 
 def accuracy(head: Any, data: dict[str, Any], p: dict[str, Any]) -> float:
     import torch
 
-    from embedsvc.strategies.multisense import candidates, student_logits
+    from embedsvc.strategies.multisense.model import candidates, student_logits
 
     correct = 0
     with torch.inference_mode():
@@ -123,12 +123,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, ship: bool = False, command
     import torch
     import torch.nn.functional as F
 
-    from embedsvc.strategies.multisense import (
-        MultiSense,
-        MultiSenseConfig,
-        candidates,
-        student_logits,
-    )
+    from embedsvc.strategies.multisense import MultiSense, MultiSenseConfig
+    from embedsvc.strategies.multisense.model import candidates, student_logits
 
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)

@@ -8,7 +8,7 @@ Loss: ``KL(target || softmax(head(mean_pool(h_last))))`` (batchmean), LoRA on th
 projections (r=16, alpha=32, dropout 0.05), constant LR (the reference's callback stops at step
 100 of a one-epoch linear decay, so its LR stays ~flat), grad-clip 1.0, weight decay 0.
 
-* Stage 1: target = uniform over the text's unique content tokens (``_t2t_targets``).
+* Stage 1: target = uniform over the text's unique content tokens (``trainlib/t2t_targets.py``).
 * Stage 2: starts from a *stage-1 checkpoint* (``init_step``, the reference carries step 5)
   with that adapter merged, a fresh LoRA on top; target = ``softmax((p/(p+q+1e-8))/tau)`` with
   ``p`` the frozen stage-1 model's distribution (the new adapter disabled) and ``q`` the softmax
@@ -41,6 +41,9 @@ from pydantic import BaseModel, Field
 from tqdm import tqdm
 
 from embedsvc.checksums import sha256_file
+
+# training-only helpers live beside the trainers (training/trainlib), not in embedsvc
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 DATA = Path("/work/shared/data")
 
@@ -107,31 +110,29 @@ def sts_subset(path: Path, n: int) -> tuple[list[str], list[str], np.ndarray]:
 
 
 def embed(model: Any, tok: Any, texts: list[str], max_length: int, bs: int) -> np.ndarray:
-    """``[n, d]`` mean-pooled states, batched longest first (as the served strategy does)."""
-    import torch
+    """``[n, d]`` mean-pooled states through the served pipeline's runner and core."""
+    from embedsvc.strategies.features import pad_batch, tokenize
+    from embedsvc.strategies.runner import CoreExecutor, map_batches
+    from embedsvc.strategies.text2token.model import pooled_core
 
-    from embedsvc.strategies._batches import length_sorted_batches
-    from embedsvc.strategies._t2t_model import pooled
+    assert texts, "no texts to embed"
+    feats = tokenize(tok, texts, max_length)
+    executor = CoreExecutor(pooled_core(model))
 
-    out: np.ndarray | None = None
-    lengths = [len(t) for t in texts]
-    with torch.inference_mode():
-        for idx, enc in length_sorted_batches(tok, texts, lengths, bs, max_length):
-            vec = pooled(model, enc["input_ids"], enc["attention_mask"]).float().numpy()
-            if out is None:
-                out = np.empty((len(texts), vec.shape[1]), np.float32)
-            out[idx] = vec
-    assert out is not None, "no texts to embed"
-    return out
+    def run(idx: np.ndarray) -> dict[str, np.ndarray]:
+        feeds = pad_batch([feats.ids[i] for i in idx], tok.pad_token_id)
+        return {"vec": executor.run(feeds)["embedding"]}
+
+    return map_batches([len(x) for x in feats.ids], run, bs)["vec"]
 
 
 def evaluate(model: Any, head: Any, tok: Any, cfg: T2TConfig, held: list[str], excl: set[int]):
     """STS-B (subset) Spearman x100 and token precision@10 against the stage-1 target set."""
     import torch
     from scipy.stats import spearmanr
+    from trainlib.t2t_targets import content_ids
 
-    from embedsvc.strategies._t2t_model import pooled
-    from embedsvc.strategies._t2t_targets import content_ids
+    from embedsvc.strategies.text2token.model import pooled
 
     res: dict[str, float] = {}
     if cfg.sts_file and cfg.sts_pairs >= 0:
@@ -160,7 +161,7 @@ def corpus_prior(model: Any, head: Any, tok: Any, texts: list[str], cfg: T2TConf
     """``[V]`` mean of the frozen model's logits over ``texts`` (the stage-2 prior theta)."""
     import torch
 
-    from embedsvc.strategies._t2t_model import pooled
+    from embedsvc.strategies.text2token.model import pooled
 
     total = None
     with torch.inference_mode():
@@ -181,10 +182,10 @@ def run(cfg: T2TConfig, resume: bool) -> dict[str, Any]:
     import torch
     import torch.nn.functional as F
     from safetensors.torch import load_file, save_file
+    from trainlib.t2t_targets import VocabHead, data_targets, excluded_ids, model_targets
 
     from embedsvc.backbones import load_backbone
-    from embedsvc.strategies._t2t_model import VocabHead, build_model, pooled
-    from embedsvc.strategies._t2t_targets import data_targets, excluded_ids, model_targets
+    from embedsvc.strategies.text2token.model import build_model, pooled
 
     torch.set_num_threads(cfg.threads)
     random.seed(cfg.seed)

@@ -28,12 +28,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from embedsvc.collections.rwlock import RWLock
+from embedsvc.collections.storage import read_only_message, storage_guarded, writable
 from embedsvc.collections.store import DocStore, Document, canonical_metadata
 from embedsvc.errors import FailedPrecondition, InvalidArgument
 from embedsvc.indexes import IndexConfig, VectorIndex, create_index, load_index
@@ -64,6 +65,8 @@ class CollectionMeta(BaseModel):
     index_config: IndexConfig = Field(default_factory=IndexConfig)
     #: width of the sparse side index (vocabulary size) for dual strategies; None = dense only
     sparse_vocab: int | None = Field(None, ge=1)
+    #: where documents and vectors live: this folder's SQLite + FAISS files, or Milvus
+    backend: Literal["faiss", "milvus"] = "faiss"
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
 
 
@@ -88,6 +91,44 @@ class UpsertResult:
         return iter((self.inserted, self.updated))
 
 
+def check_embedding(meta: CollectionMeta, embedding: Embedding, what: str) -> np.ndarray:
+    """The embedding's vectors as a contiguous [n, width] array of the collection's kind."""
+    kind = getattr(embedding, "kind", None)
+    if kind != meta.output_kind:
+        raise FailedPrecondition(
+            f"collection {meta.name!r} stores {meta.output_kind} embeddings of strategy "
+            f"{meta.strategy!r} (index kind {meta.index_kind!r}), got a {kind} {what}"
+        )
+    vectors = np.asarray(embedding.vectors)
+    if vectors.ndim == 1:
+        vectors = vectors.reshape(1, -1)
+    width = meta.dim // 8 if meta.output_kind == "binary" else meta.dim
+    if vectors.ndim != 2 or vectors.shape[1] != width:
+        raise InvalidArgument(
+            f"collection {meta.name!r} has dimension {meta.dim}; {what} has shape "
+            f"{list(vectors.shape)} (expected [n, {width}])"
+        )
+    dtype = np.uint8 if meta.output_kind == "binary" else np.float32
+    return np.ascontiguousarray(vectors, dtype=dtype)
+
+
+def check_documents(ids: list, texts: list, metas: list, embedding: Embedding) -> None:
+    """Equal lengths, non-empty string ids, string texts, no id twice."""
+    if not (len(ids) == len(texts) == len(metas) == len(embedding)):
+        raise InvalidArgument(
+            f"ids ({len(ids)}), texts ({len(texts)}), metadatas ({len(metas)}) and "
+            f"embeddings ({len(embedding)}) must have the same length"
+        )
+    for i, (id_, text) in enumerate(zip(ids, texts, strict=True)):
+        if not isinstance(id_, str) or not id_:
+            raise InvalidArgument("document ids must be non-empty strings", field=f"ids[{i}]")
+        if not isinstance(text, str):
+            raise InvalidArgument("texts must be strings", field=f"texts[{i}]")
+    if len(set(ids)) != len(ids):
+        dup = next(i for i in ids if ids.count(i) > 1)
+        raise InvalidArgument(f"document id {dup!r} appears twice in one request", field="ids")
+
+
 class Collection:
     """Use ``CollectionManager`` to create and open collections; this class does the work."""
 
@@ -97,7 +138,9 @@ class Collection:
         self._lock = RWLock()
         self._snapshot_lock = threading.Lock()
         self._closed = False
-        self._store = DocStore(self.directory / DOCS_FILE)
+        #: on a read-only mount: searches and reads work, writes fail with FAILED_PRECONDITION
+        self.read_only = not writable(self.directory)
+        self._store = DocStore(self.directory / DOCS_FILE, read_only=self.read_only)
         self._snapshot_generation = -1
         self._index = self._open_index()
         self._sparse = self._rebuild_sparse()
@@ -124,11 +167,13 @@ class Collection:
         return self.meta.index_kind
 
     @property
+    @storage_guarded("directory")
     def count(self) -> int:
         self._check_open()
         return self._store.count()
 
     # ------------------------------------------------------------------ writes
+    @storage_guarded("directory")
     def upsert(
         self,
         ids: Sequence[str],
@@ -138,21 +183,10 @@ class Collection:
     ) -> UpsertResult:
         """Insert new ids, update changed ones, skip identical ones; durable when it returns."""
         self._check_open()
+        self.check_writable()
         ids, texts = list(ids), list(texts)
         metas = list(metadatas) if metadatas is not None else [None] * len(ids)
-        if not (len(ids) == len(texts) == len(metas) == len(embedding)):
-            raise InvalidArgument(
-                f"ids ({len(ids)}), texts ({len(texts)}), metadatas ({len(metas)}) and "
-                f"embeddings ({len(embedding)}) must have the same length"
-            )
-        for i, (id_, text) in enumerate(zip(ids, texts, strict=True)):
-            if not isinstance(id_, str) or not id_:
-                raise InvalidArgument("document ids must be non-empty strings", field=f"ids[{i}]")
-            if not isinstance(text, str):
-                raise InvalidArgument("texts must be strings", field=f"texts[{i}]")
-        if len(set(ids)) != len(ids):
-            dup = next(i for i in ids if ids.count(i) > 1)
-            raise InvalidArgument(f"document id {dup!r} appears twice in one request", field="ids")
+        check_documents(ids, texts, metas, embedding)
         vectors = self._check_embedding(embedding, "embedding")
         payloads = getattr(embedding, "payloads", None)
         sparse_rows = self._check_sparse(embedding, "embedding")
@@ -183,9 +217,11 @@ class Collection:
                     )
         return UpsertResult(out.inserted, out.updated, out.unchanged)
 
+    @storage_guarded("directory")
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id (unknown ids are ignored); returns how many were deleted."""
         self._check_open()
+        self.check_writable()
         ids = list(dict.fromkeys(ids))
         if not ids:
             return 0
@@ -203,6 +239,7 @@ class Collection:
         return len(seqs)
 
     # ------------------------------------------------------------------- reads
+    @storage_guarded("directory")
     def search(
         self,
         query_embedding: Embedding,
@@ -241,17 +278,20 @@ class Collection:
             for row_s, row_i in zip(scores, seqs.tolist(), strict=True)
         ]
 
+    @storage_guarded("directory")
     def get(self, ids: Sequence[str]) -> list[Document | None]:
         """Stored documents by id, None where unknown."""
         self._check_open()
         found = self._store.docs_by_id(list(ids))
         return [found.get(i) for i in ids]
 
+    @storage_guarded("directory")
     def payloads(self, ids: Sequence[str]) -> dict[str, bytes]:
         """The strategy payloads stored with these documents (``Embedding.payloads``)."""
         self._check_open()
         return self._store.payloads_by_id(list(ids))
 
+    @storage_guarded("directory")
     def describe(self) -> dict[str, Any]:
         self._check_open()
         with self._lock.read():
@@ -262,6 +302,7 @@ class Collection:
                 "dim": self.dim,
                 "index_kind": self.index_kind,
                 "index_config": self.meta.index_config.model_dump(),
+                "backend": "faiss",
                 "count": self._store.count(),
                 "index_count": self._index.count,
                 "sparse_count": None if self._sparse is None else self._sparse.count,
@@ -272,9 +313,12 @@ class Collection:
             }
 
     # --------------------------------------------------------------- lifecycle
+    @storage_guarded("directory")
     def checkpoint(self) -> bool:
         """Snapshot the index if writes happened since the last one; True if it wrote one."""
         self._check_open()
+        if self.read_only:
+            return False  # nothing can have changed through a read-only mount
         with self._snapshot_lock, self._lock.read():  # readers go on; writers wait
             generation = self._store.generation
             if generation == self._snapshot_generation:
@@ -310,24 +354,12 @@ class Collection:
         if self._closed:
             raise FailedPrecondition(f"collection {self.name!r} is closed or was deleted")
 
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise FailedPrecondition(read_only_message(self.directory, "read-only file system"))
+
     def _check_embedding(self, embedding: Embedding, what: str) -> np.ndarray:
-        kind = getattr(embedding, "kind", None)
-        if kind != self.output_kind:
-            raise FailedPrecondition(
-                f"collection {self.name!r} stores {self.output_kind} embeddings of strategy "
-                f"{self.strategy!r} (index kind {self.index_kind!r}), got a {kind} {what}"
-            )
-        vectors = np.asarray(embedding.vectors)
-        if vectors.ndim == 1:
-            vectors = vectors.reshape(1, -1)
-        width = self.dim // 8 if self.output_kind == "binary" else self.dim
-        if vectors.ndim != 2 or vectors.shape[1] != width:
-            raise InvalidArgument(
-                f"collection {self.name!r} has dimension {self.dim}; {what} has shape "
-                f"{list(vectors.shape)} (expected [n, {width}])"
-            )
-        dtype = np.uint8 if self.output_kind == "binary" else np.float32
-        return np.ascontiguousarray(vectors, dtype=dtype)
+        return check_embedding(self.meta, embedding, what)
 
     def _check_sparse(self, embedding: Embedding, what: str, required: bool = True) -> Any:
         """The embedding's sparse rows as CSR for a collection with a sparse index, else None."""

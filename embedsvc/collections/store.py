@@ -15,7 +15,9 @@ Not thread-safe by itself beyond one internal mutex per call; the collection ord
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -25,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from embedsvc.errors import InvalidArgument
+from embedsvc.collections.storage import read_only_uri
+from embedsvc.errors import InvalidArgument, shorten
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS docs (
@@ -77,20 +80,72 @@ def canonical_metadata(metadata: dict[str, Any] | None, where: str = "metadata")
         raise InvalidArgument(f"{where} is not JSON-serialisable: {exc}", field=where) from exc
 
 
+#: how deep a filter value may nest lists and objects, and how many keys a filter may have
+MAX_FILTER_DEPTH = 16
+MAX_FILTER_KEYS = 64
+#: integers SQLite can hold (a larger one would overflow inside the query)
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def validate_filter(filter: Any) -> None:
+    """InvalidArgument unless ``filter`` is a metadata filter this store can run: an object of
+    at most ``MAX_FILTER_KEYS`` keys whose values are JSON (no NaN/Infinity), nested at most
+    ``MAX_FILTER_DEPTH`` deep, with integers in the 64-bit range."""
+    if not isinstance(filter, dict):
+        raise InvalidArgument("filter must be an object of metadata key -> value", field="filter")
+    if len(filter) > MAX_FILTER_KEYS:
+        raise InvalidArgument(
+            f"filter has {len(filter)} keys; the limit is {MAX_FILTER_KEYS}", field="filter"
+        )
+    stack: list[tuple[Any, str, int]] = [(v, str(k), 1) for k, v in filter.items()]
+    while stack:  # iterative: a deep value must not exhaust the interpreter's stack
+        value, where, depth = stack.pop()
+        where = where if len(where) <= 100 else where[:100] + "..."
+        if depth > MAX_FILTER_DEPTH:
+            raise InvalidArgument(
+                f"filter value at {where!r} nests deeper than {MAX_FILTER_DEPTH} levels",
+                field="filter",
+            )
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            continue
+        if isinstance(value, int):
+            if not INT64_MIN <= value <= INT64_MAX:
+                raise InvalidArgument(
+                    f"filter value at {where!r} is an integer outside the 64-bit range "
+                    f"({INT64_MIN}..{INT64_MAX})",
+                    field="filter",
+                )
+        elif isinstance(value, float):
+            if not math.isfinite(value):
+                raise InvalidArgument(
+                    f"filter value at {where!r} is {value}; NaN and Infinity are not JSON",
+                    field="filter",
+                )
+        elif isinstance(value, list):
+            stack.extend((v, f"{where}[{i}]", depth + 1) for i, v in enumerate(value))
+        elif isinstance(value, dict):
+            stack.extend((v, f"{where}.{k}", depth + 1) for k, v in value.items())
+        else:
+            raise InvalidArgument(
+                f"filter value at {where!r} must be a string, number, boolean, null, list or "
+                f"object, got {type(value).__name__}",
+                field="filter",
+            )
+
+
 def filter_sql(filter: dict[str, Any]) -> tuple[str, list[Any]]:
     """``{"lang": "en", "source.year": 2020}`` -> a WHERE clause of typed equalities.
 
     Keys are top-level metadata keys; a dot walks into nested objects. ``None`` matches JSON null,
     booleans match only booleans and numbers only numbers (SQLite would equate true and 1).
     """
-    if not isinstance(filter, dict):
-        raise InvalidArgument("filter must be an object of metadata key -> value", field="filter")
+    validate_filter(filter)
     clauses: list[str] = []
     params: list[Any] = []
     for key, value in filter.items():
         parts = key.split(".") if isinstance(key, str) else []
         if not parts or any(not p or '"' in p for p in parts):
-            raise InvalidArgument(f"bad filter key {key!r}", field="filter")
+            raise InvalidArgument(f"bad filter key {shorten(key)}", field="filter")
         path = "$" + "".join(f'."{p}"' for p in parts)
         if value is None:
             clauses.append("json_type(metadata, ?) = 'null'")
@@ -110,19 +165,23 @@ def filter_sql(filter: dict[str, Any]) -> tuple[str, list[Any]]:
             clauses.append("json_extract(metadata, ?) = json(?)")
             params += [path, json.dumps(value, separators=(",", ":"))]
         else:
-            raise InvalidArgument(
-                f"filter value for {key!r} must be a string, number, boolean, null, list or "
-                f"object, got {type(value).__name__}",
-                field="filter",
-            )
+            raise InvalidArgument(f"bad filter value for {shorten(key)}", field="filter")
     return (" AND ".join(f"({c})" for c in clauses) or "1"), params
 
 
 class DocStore:
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, read_only: bool = False) -> None:
+        """Open (creating) the store; ``read_only`` opens an existing one on a read-only mount
+        (:func:`embedsvc.collections.storage.read_only_uri`), where writes fail."""
         self.path = Path(path)
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        self.read_only = read_only
+        target, uri = str(self.path), False
+        if read_only:
+            target, uri = read_only_uri(self.path), True
+        self._conn = sqlite3.connect(target, check_same_thread=False, isolation_level=None, uri=uri)
         self._lock = threading.Lock()
+        if read_only:
+            return
         with self._lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
@@ -321,7 +380,12 @@ class _Transaction:
         return self._cur
 
     def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
-        self._cur.execute("ROLLBACK" if exc_type else "COMMIT")
+        if not exc_type:
+            self._cur.execute("COMMIT")  # a failed COMMIT (a full disk) is rolled back by SQLite
+            return
+        # SQLite may have rolled back already (e.g. SQLITE_FULL): keep the original error
+        with contextlib.suppress(sqlite3.Error):
+            self._cur.execute("ROLLBACK")
 
 
 def _chunks(items: list) -> Iterator[list]:

@@ -1,10 +1,14 @@
 """``export_strategy``: a strategy as a self-describing ONNX folder.
 
-The folder holds ``model.onnx`` (fp32; dynamic batch and sequence axes), optionally
-``model_int8.onnx`` (dynamic int8 quantisation), ``tokenizer/`` and ``manifest.json``. The
-manifest carries what a deployment needs to trust the file: the strategy's name and config, the
-opset, input/output names, hashes of the source checkpoint and of the exported files, and the
-parity measured against torch at export time.
+The graph is the strategy's core -- the very ``nn.Module`` its torch executor runs -- traced
+once; pre (tokenisation, templates, limits) and post (normalise, pack bits) stay the strategy's
+Python code for both runtimes. The folder holds ``model.onnx`` (fp32; dynamic batch and sequence
+axes), optionally ``model_int8.onnx`` (dynamic int8 quantisation), ``tokenizer/`` and
+``manifest.json``. The manifest carries what a deployment needs to trust the file: the strategy's
+name and config, the opset, input/output names, hashes of the source checkpoint and of the
+exported files, and the parity measured against torch at export time.
+
+This module imports only the strategy contract (``embedsvc.strategies.base``).
 """
 
 from __future__ import annotations
@@ -20,21 +24,19 @@ import numpy as np
 
 from embedsvc.checksums import sha256_file
 from embedsvc.errors import InvalidArgument
-from embedsvc.export.spec import OnnxSpec
+from embedsvc.runtimes.onnx import (
+    EXPORT_FORMAT,
+    MANIFEST,
+    MODEL_FP32,
+    MODEL_INT8,
+    read_manifest,
+)
 from embedsvc.strategies.base import Role, Strategy
 
 log = logging.getLogger(__name__)
 
 #: opset 17: LayerNormalization is native; onnxruntime >= 1.14 runs it everywhere
 DEFAULT_OPSET = 17
-MANIFEST = "manifest.json"
-MODEL_FP32 = "model.onnx"
-MODEL_INT8 = "model_int8.onnx"
-#: version of what an export folder holds (graph + int8 recipe): part of the on-first-use cache
-#: key, so a change here re-exports instead of serving a stale model. 2: decoders keep their MLP
-#: down projections in float in the int8 model.
-EXPORT_FORMAT = 2
-OUTPUTS = ("embedding", "embedding_normalized")
 #: traced with a *padded* batch, so mask handling is the general path (never the all-ones one)
 _TRACE_TEXTS = [
     "A man is playing a guitar.",
@@ -63,78 +65,49 @@ def source_hashes(folder: Path) -> dict[str, str]:
     }
 
 
-def strategy_spec(strategy: Strategy) -> OnnxSpec:
-    """The strategy's export hook, or InvalidArgument saying why there is nothing to export."""
-    spec = strategy.onnx_spec()
-    if spec is None:
+def check_exportable(strategy: Strategy) -> None:
+    """InvalidArgument saying why ``strategy`` has nothing to export (no core module)."""
+    if not strategy.exportable:
         raise InvalidArgument(
-            f"strategy {strategy.name!r} has no ONNX export (it runs no transformer, or its "
-            "export is not implemented yet)",
+            f"strategy {strategy.name!r} has no ONNX export (it runs no transformer)",
             field="strategy",
         )
-    return spec
 
 
-def _torch_reference(spec: OnnxSpec, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def trace_feeds(strategy: Strategy, texts: list[str]) -> dict[str, np.ndarray]:
+    """A padded batch of ``texts`` through the strategy's own pre stage."""
+    return strategy.collate(strategy.pre(texts, Role.PASSAGE).ids)
+
+
+def _export_graph(strategy: Strategy, path: Path, opset: int) -> None:
     import torch
 
-    with torch.inference_mode():
-        args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
-        out = spec.module(*args)
-        if isinstance(out, tuple):  # (embedding, *extra_outputs)
-            out = out[0]
-        return out.float().numpy()
-
-
-def _export_graph(spec: OnnxSpec, path: Path, opset: int, output_kind: str) -> None:
-    import torch
-    from torch import nn
-
-    class _Graph(nn.Module):
-        def __init__(self, inner: nn.Module, normalize: bool) -> None:
-            super().__init__()
-            self.inner = inner
-            self.normalize = normalize
-
-        def forward(self, *inputs: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            out = self.inner(*inputs)
-            extras: tuple[torch.Tensor, ...] = ()
-            if isinstance(out, tuple):  # (embedding, *extra_outputs)
-                out, extras = out[0], tuple(out[1:])
-            pooled = out.float()
-            if not self.normalize:
-                return (pooled, pooled, *extras)
-            return (pooled, nn.functional.normalize(pooled, p=2.0, dim=1), *extras)
-
-    graph = _Graph(spec.module, output_kind == "dense")
-    # torch.onnx.export restores the *wrapper's* mode on the whole tree after tracing: a fresh
-    # wrapper is in train mode, which would leave the shared backbone with dropout on.
-    modes = {m: m.training for m in graph.modules()}
-    graph.eval()
-    feeds = spec.featurize(_TRACE_TEXTS, Role.PASSAGE)
-    if "attention_mask" in feeds and feeds["attention_mask"].all():
+    core = strategy.core
+    feeds = trace_feeds(strategy, _TRACE_TEXTS)
+    if feeds["attention_mask"].all():
         raise RuntimeError("trace batch must contain padding")
-    args = tuple(torch.from_numpy(feeds[n]) for n in spec.input_names)
-    axes = {n: {0: "batch", 1: "sequence"} for n in spec.input_names}
-    axes.update({n: {0: "batch"} for n in OUTPUTS})
-    axes.update({n: {0: "batch", 1: "sequence"} for n in spec.extra_outputs})
+    args = tuple(torch.from_numpy(feeds[n]) for n in core.input_names)
+    axes = {n: {0: "batch", 1: "sequence"} for n in core.input_names}
+    axes.update({n: {0: "batch"} for n in core.output_names})
+    axes.update({n: {0: "batch", 1: "sequence"} for n in core.token_outputs})
+    # torch.onnx.export restores the module's mode on the whole tree after tracing: make sure
+    # that is eval (the core is the served module: dropout must stay off)
+    core.eval()
     try:
         with torch.no_grad():
             torch.onnx.export(
-                graph,
+                core,
                 args,
                 str(path),
                 dynamo=False,  # the TorchScript tracer: dynamic axes, no onnxscript needed
                 opset_version=opset,
-                input_names=list(spec.input_names),
-                output_names=[*OUTPUTS, *spec.extra_outputs],
+                input_names=list(core.input_names),
+                output_names=list(core.output_names),
                 dynamic_axes=axes,
                 do_constant_folding=True,
             )
     finally:
-        for module, training in modes.items():
-            module.train(training)
-        spec.module.eval()
+        core.eval()
 
 
 def quantize_model_int8(src: Path, dst: Path, keep_float: tuple[str, ...] = ()) -> None:
@@ -142,7 +115,7 @@ def quantize_model_int8(src: Path, dst: Path, keep_float: tuple[str, ...] = ()) 
 
     It drifts (min cosine ~0.91 vs fp32 on MiniLM passages), so it is gated by STS Spearman in
     the tests, not by cosine. MatMuls whose node name contains one of ``keep_float``
-    (``OnnxSpec.int8_keep_float``) stay float.
+    (``CoreModule.int8_keep_float``) stay float.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -164,15 +137,25 @@ def _fp16_consumers(graph: Any) -> list[str]:
     return [n.name for n in graph.node if fp16.intersection(n.input)] if fp16 else []
 
 
-def check_parity(spec: OnnxSpec, model_path: Path, texts: list[str] | None = None) -> float:
-    """Min cosine between ONNX Runtime and torch on ``texts`` (un-normalised outputs)."""
-    import onnxruntime as ort
+def check_parity(strategy: Strategy, model_path: Path, texts: list[str] | None = None) -> float:
+    """Agreement of the served vectors, ONNX Runtime vs torch, on ``texts``: min cosine of the
+    un-normalised dense vectors, or the fraction of equal bits of binary codes."""
+    from embedsvc.runtimes.onnx import OnnxExecutor
+    from embedsvc.strategies.runner import Runner
 
-    feeds = spec.featurize(texts or _CHECK_TEXTS, Role.PASSAGE)
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
-    got = session.run(["embedding"], feeds)[0]
-    ref = _torch_reference(spec, feeds)
-    cos = (got * ref).sum(1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1))
+    texts = texts or _CHECK_TEXTS
+    ref = Runner(strategy).encode(texts, Role.PASSAGE, normalize=False).vectors
+    got = Runner(strategy, OnnxExecutor(model_path)).encode(texts, Role.PASSAGE, normalize=False)
+    return vector_agreement(strategy.output_kind, got.vectors, ref)
+
+
+def vector_agreement(kind: str, got: np.ndarray, ref: np.ndarray) -> float:
+    """Min row cosine (dense) or the fraction of equal bits (binary, packed uint8)."""
+    if kind == "binary":
+        return float((np.unpackbits(got, axis=1) == np.unpackbits(ref, axis=1)).mean())
+    cos = (got * ref).sum(1) / (
+        np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+    )
     return float(cos.min())
 
 
@@ -194,14 +177,14 @@ def export_strategy(
 
     if isinstance(strategy, str):
         strategy = create_strategy(strategy, **(config or {}))
-    spec = strategy_spec(strategy)
+    check_exportable(strategy)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     model_path = out / MODEL_FP32
     tmp = out / (MODEL_FP32 + ".tmp")
-    _export_graph(spec, tmp, opset, strategy.output_kind)
-    parity = check_parity(spec, tmp)
+    _export_graph(strategy, tmp, opset)
+    parity = check_parity(strategy, tmp)
     if parity < 0.999:
         raise RuntimeError(f"ONNX export of {strategy.name!r}: parity {parity:.5f} < 0.999")
     tmp.replace(model_path)
@@ -209,15 +192,20 @@ def export_strategy(
     parity_int8 = None
     if quantize_int8:
         tmp8 = out / (MODEL_INT8 + ".tmp")
-        quantize_model_int8(model_path, tmp8, spec.int8_keep_float)
+        quantize_model_int8(model_path, tmp8, strategy.core.int8_keep_float)
         tmp8.replace(out / MODEL_INT8)  # readers never see a half-written model
         files.append(MODEL_INT8)
-        parity_int8 = check_parity(spec, out / MODEL_INT8)
-    spec.tokenizer.save_pretrained(str(out / "tokenizer"))
-    manifest = build_manifest(strategy, spec, opset, files, out)
+        parity_int8 = check_parity(strategy, out / MODEL_INT8)
+    if strategy.tokenizer is not None:
+        strategy.tokenizer.save_pretrained(str(out / "tokenizer"))
+    manifest = build_manifest(strategy, opset, files, out)
     manifest.update(
         int8=quantize_int8,
-        parity={"fp32_min_cosine": parity, "int8_min_cosine": parity_int8},
+        parity={
+            "measure": "equal_bits" if strategy.output_kind == "binary" else "min_cosine",
+            "fp32": parity,
+            "int8": parity_int8,
+        },
         export_seconds=round(time.perf_counter() - start, 1),
     )
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -225,38 +213,42 @@ def export_strategy(
     return manifest
 
 
-def build_manifest(
-    strategy: Strategy, spec: OnnxSpec, opset: int, files: list[str], out: Path
-) -> dict[str, Any]:
+def build_manifest(strategy: Strategy, opset: int, files: list[str], out: Path) -> dict[str, Any]:
     import onnx
     import onnxruntime
     import torch
     import transformers
 
+    core = strategy.core
+    source = strategy.source
     return {
         "format": EXPORT_FORMAT,
         "strategy": {
             "name": strategy.name,
             "config": strategy.config.model_dump(mode="json"),
-            "fingerprint": strategy.fingerprint,
+            "fingerprint": strategy.model_fingerprint,
             "output_kind": strategy.output_kind,
             "dim": strategy.dim,
             "max_tokens": strategy.max_tokens,
         },
         "opset": opset,
-        "inputs": {n: {"dtype": "int64", "shape": ["batch", "sequence"]} for n in spec.input_names},
+        "inputs": {n: {"dtype": "int64", "shape": ["batch", "sequence"]} for n in core.input_names},
         "outputs": {
-            **{n: {"dtype": "float32", "shape": ["batch", strategy.dim]} for n in OUTPUTS},
-            **{n: {"shape": ["batch", "sequence", "..."]} for n in spec.extra_outputs},
+            n: {
+                "shape": ["batch", "sequence", "..."]
+                if n in core.token_outputs
+                else ["batch", "..."]
+            }
+            for n in core.output_names
         },
         "source": {
-            "path": str(spec.source),
-            "fingerprint": spec.source_fingerprint,
-            "sha256": source_hashes(spec.source),
+            "path": str(source) if source else None,
+            "fingerprint": strategy.model_fingerprint,
+            "sha256": source_hashes(source) if source else {},
         },
         "files": {name: sha256_file(out / name) for name in files},
-        "batch_size": spec.batch_size,
-        "notes": spec.notes,
+        "batch_size": strategy.batch_size,
+        "notes": list(core.notes),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -267,8 +259,11 @@ def build_manifest(
     }
 
 
-def read_manifest(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / MANIFEST
-    if not path.is_file():
-        raise InvalidArgument(f"{directory}: no {MANIFEST}; not an embedsvc export folder")
-    return json.loads(path.read_text())
+__all__ = [
+    "EXPORT_FORMAT",
+    "MANIFEST",
+    "MODEL_FP32",
+    "MODEL_INT8",
+    "export_strategy",
+    "read_manifest",
+]

@@ -28,42 +28,112 @@ from typing import Any, ClassVar, Literal
 
 import faiss
 import numpy as np
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from embedsvc.errors import FailedPrecondition, InvalidArgument, NotFound
+from embedsvc.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
 
 VectorKind = Literal["dense", "binary"]
 _FORMAT = 1
 
 
 class IndexConfig(BaseModel):
-    """Index parameters; every field has a default that works from 1 to ~10^6 vectors."""
+    """Index parameters; every field has a default that works from 1 to ~10^6 vectors.
+
+    Every field is bounded: memory and time grow with ``hnsw_m``, ``ef_*``, ``nlist``,
+    ``nprobe``, ``pq_m`` and ``rerank_factor``, and a request must not be able to ask for
+    gigabytes (``hnsw_m=1000000`` on 100 documents took 1 GB). The bounds are generous for real
+    use; ``nlist`` and ``nprobe`` are also capped by the collection size when the index trains
+    (at most one list per vector), and ``pq_m`` by the dimension (:func:`check_index_config`).
+    """
 
     model_config = {"extra": "forbid"}
 
     nlist: int | None = Field(
-        None, ge=1, description="IVF lists; None: ~4*sqrt(n), at most n/39, at most 65536"
+        None, ge=1, le=65536, description="IVF lists; None: ~4*sqrt(n), at most n/39, 65536"
     )
-    nprobe: int = Field(32, ge=1, description="IVF lists scanned per query")
-    hnsw_m: int = Field(32, ge=4, description="HNSW graph degree")
-    ef_construction: int = Field(80, ge=8)
-    ef_search: int = Field(64, ge=1)
-    pq_m: int | None = Field(None, ge=1, description="PQ sub-quantizers; None: ~d/8 dividing d")
+    nprobe: int = Field(32, ge=1, le=65536, description="IVF lists scanned per query")
+    hnsw_m: int = Field(32, ge=4, le=256, description="HNSW graph degree")
+    ef_construction: int = Field(80, ge=8, le=4096)
+    ef_search: int = Field(64, ge=1, le=4096)
+    pq_m: int | None = Field(
+        None, ge=1, le=1024, description="PQ sub-quantizers (<= dim); None: ~d/8 dividing d"
+    )
     pq_nbits: int = Field(8, ge=1, le=16, description="bits per PQ code; reduced for few points")
-    rerank_factor: int = Field(10, ge=1, description="IVF-PQ: candidates per result to rescore")
+    rerank_factor: int = Field(
+        10, ge=1, le=100, description="IVF-PQ: candidates per result to rescore"
+    )
     pq_min_train_points: int = Field(
-        1024, ge=1, description="IVF-PQ below this size searches its float vectors exactly"
+        1024, ge=1, le=100_000_000, description="IVF-PQ below this size searches exactly"
     )
     retrain_growth: float = Field(
-        4.0, gt=1.0, description="retrain IVF once the index holds this many times its train size"
+        4.0, gt=1.0, le=1000.0, description="retrain IVF at this many times its train size"
     )
     max_tombstone_fraction: float = Field(
         0.25, gt=0.0, le=1.0, description="HNSW: rebuild when this share of nodes is deleted"
     )
     exact_filter_threshold: int = Field(
-        4096, ge=0, description="filters allowing at most this many ids are scored exactly"
+        4096, ge=0, le=65536, description="filters allowing <= this many ids score exactly"
     )
     use_gpu: bool = Field(True, description="mirror to a GPU when faiss sees one (see gpu.py)")
+    milvus_index_type: str | None = Field(
+        None,
+        pattern=r"^[A-Z][A-Z0-9_]{1,31}$",
+        description="Milvus backend only: this Milvus index type instead of the kind's own "
+        "(e.g. GPU_CAGRA, GPU_IVF_FLAT, DISKANN on a cluster); passed through unchecked",
+    )
+
+
+def index_param_ranges() -> dict[str, str]:
+    """``{"hnsw_m": "4..256", ...}``: each bounded parameter's accepted range, for messages."""
+    ranges = {}
+    for name, info in IndexConfig.model_fields.items():
+        bounds = {
+            k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le") if hasattr(m, k)
+        }
+        if "le" not in bounds:
+            continue
+        if "gt" in bounds:
+            ranges[name] = f"more than {bounds['gt']}, at most {bounds['le']}"
+        else:
+            ranges[name] = f"{bounds.get('ge', '')}..{bounds['le']}"
+    return ranges
+
+
+def check_index_config(params: IndexConfig | dict[str, Any] | None, dim: int) -> IndexConfig:
+    """``params`` as a valid :class:`IndexConfig` for a ``dim``-wide index, or InvalidArgument
+    naming each bad field, what was given (shortened) and the accepted range."""
+    if isinstance(params, IndexConfig):
+        config = params
+    else:
+        try:
+            config = IndexConfig(**(params or {}))
+        except ValidationError as exc:
+            ranges, problems, fields = index_param_ranges(), [], []
+            for error in exc.errors():
+                name = ".".join(str(p) for p in error.get("loc", ())) or "index_params"
+                fields.append(name)
+                if error.get("type") == "extra_forbidden":
+                    known = ", ".join(IndexConfig.model_fields)
+                    problems.append(f"unknown index parameter {shorten(name)}; known: {known}")
+                    continue
+                problem = f"index parameter {name}={shorten(error.get('input'), 40)}"
+                if error.get("type", "").startswith(("greater_than", "less_than")):
+                    problem += " is out of range"
+                else:
+                    problem += f": {error.get('msg', 'invalid')}"
+                if name in ranges:
+                    problem += f": use {ranges[name]}"
+                problems.append(problem)
+            raise InvalidArgument(
+                "; ".join(problems[:5]), field=f"index_params.{fields[0]}" if fields else None
+            ) from None
+    if config.pq_m is not None and config.pq_m > dim:
+        raise InvalidArgument(
+            f"index parameter pq_m={config.pq_m} is out of range: use 1..{dim} (at most the "
+            f"dimension, {dim}; best a divisor of it)",
+            field="index_params.pq_m",
+        )
+    return config
 
 
 class VectorIndex(ABC):

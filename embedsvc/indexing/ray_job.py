@@ -173,14 +173,10 @@ class Embedder:
     """The actor: loads the strategy once (torch or ONNX, as the service config says)."""
 
     def __init__(self, strategy: str, config: dict[str, Any]) -> None:
-        from embedsvc.strategies import get_strategy
+        from embedsvc.export.startup import prepare
 
-        service = ServiceConfig(**config)
-        self.strategy = get_strategy(strategy)
-        if service.runtime != "torch":
-            from embedsvc.export.runtime import serving_strategy
-
-            self.strategy = serving_strategy(self.strategy, service)
+        # exports (once, under a file lock) when the runtime is ONNX and no export exists yet
+        self.strategy = prepare(strategy, ServiceConfig(**config))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from embedsvc.strategies import Role
@@ -281,6 +277,13 @@ def run_ray_index(job: RayIndexConfig, service: ServiceConfig | None = None) -> 
 
         try:
             coll = manager.get(job.collection)
+            if coll.meta.backend != "faiss":
+                from embedsvc.errors import FailedPrecondition
+
+                raise FailedPrecondition(
+                    f"collection {job.collection!r} is a Milvus collection; the Ray job writes "
+                    "FAISS collections: index it with `embedsvc index` (in-process or --server)"
+                )
             stored = stored_digests(coll.directory)
             strategy = coll.strategy
         except NotFound:

@@ -47,7 +47,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from embedsvc.checksums import sha256_file
-from embedsvc.errors import FailedPrecondition, InvalidArgument, NotFound
+from embedsvc.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
 
 log = logging.getLogger(__name__)
 
@@ -340,7 +340,7 @@ def build_datastore(
 
     config = config or DatastoreConfig()
     if not name or "/" in name or name.startswith("."):
-        raise InvalidArgument(f"bad datastore name {name!r}", field="name")
+        raise InvalidArgument(f"bad datastore name {shorten(name)}", field="name")
     root = datastore_root(cache_dir)
     target = root / name
     if target.exists() and not overwrite:

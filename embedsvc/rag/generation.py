@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedsvc.errors import InvalidArgument
+from embedsvc.errors import InvalidArgument, shorten
 from embedsvc.rag.speculative import GenerationStats, SpecConfig, SpeculativeDecoder
 
 DEFAULT_DATASTORE = "smollm2-id-mix160"
@@ -69,12 +69,16 @@ class Generator:
 
         kind = kind or "none"
         if kind not in DRAFTERS:
-            raise InvalidArgument(f"unknown drafter {kind!r}: none | dresd | rest", field="drafter")
+            raise InvalidArgument(
+                f"unknown drafter {shorten(kind)}: none | dresd | rest", field="drafter"
+            )
         if kind == "none":
             return None
         name = datastore or DEFAULT_DATASTORE
         if "/" in name or "\\" in name or name.startswith("."):
-            raise InvalidArgument(f"datastore {name!r}: give a name, not a path", field="datastore")
+            raise InvalidArgument(
+                f"datastore {shorten(name)}: give a name, not a path", field="datastore"
+            )
         key = (kind, name, num_drafts, len_drafts)
         with self._lock:
             if key not in self._drafters:
@@ -104,7 +108,8 @@ class Generator:
         for m in messages:
             if m.get("role") not in ("system", "user", "assistant"):
                 raise InvalidArgument(
-                    f"message role {m.get('role')!r}: system | user | assistant", field="messages"
+                    f"message role {shorten(m.get('role'))}: system | user | assistant",
+                    field="messages",
                 )
         users = [i for i, m in enumerate(messages) if m["role"] == "user"]
         if not users:

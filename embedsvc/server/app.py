@@ -1,10 +1,19 @@
-"""Server assembly: engine + servicers + health + reflection, and a graceful run loop."""
+"""Server assembly: engine + servicers + health + reflection, and a graceful run loop.
+
+Health is per service (gRPC health checks name one, or ``""`` for the whole server): every
+service is NOT_SERVING until the warm-up finishes and while the engine is wedged;
+``CollectionService`` is also NOT_SERVING while the data folder cannot be written (a read-only
+mount, a full disk: probed at start-up and every ``storage_check_interval_s``), with the reason
+in the log and on HTTP ``/health``, while ``EmbeddingService`` and the server as a whole stay
+SERVING.
+"""
 
 from __future__ import annotations
 
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from concurrent import futures
 
@@ -12,6 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from embedsvc.collections.storage import probe
 from embedsvc.config import ServiceConfig
 from embedsvc.engine import Engine
 from embedsvc.server.auth import ApiKeyAuth
@@ -43,6 +53,8 @@ class Service:
         #: OTel spans to config.tracing.otlp_endpoint; None (no SDK loaded) without one
         self.tracing = create_tracing(config.tracing)
         self.serving = Readiness()
+        #: service name -> why it is NOT_SERVING while the server serves (the data folder)
+        self.degraded: dict[str, str] = {}
         self.startup = StartUp(self.serving)
         #: why the warm-up failed (the process exits non-zero with it); None while it has not
         self.startup_error: str | None = None
@@ -59,6 +71,8 @@ class Service:
             ],
         )
         self.service_names = add_servicers(self.server, self.engine)
+        #: the services that need a writable data folder
+        self._storage_services = [n for n in self.service_names if n.endswith(".CollectionService")]
         self.health = health.HealthServicer(
             experimental_non_blocking=True,
             experimental_thread_pool=futures.ThreadPoolExecutor(max_workers=1),
@@ -80,8 +94,21 @@ class Service:
             raise OSError(f"cannot bind {address}")
         self.http: HttpServer | None = None
         if config.http.enabled:
-            app = create_app(self.engine, self.auth, self.metrics, self.serving, self.tracing)
-            self.http = HttpServer(app, config.host, config.http.port, config.tls)
+            app = create_app(
+                self.engine,
+                self.auth,
+                self.metrics,
+                self.serving,
+                self.tracing,
+                max_body_bytes=config.http.max_body_bytes,
+                health_detail=lambda: dict(self.degraded),
+            )
+            http = config.http
+            self.http = HttpServer(app, config.host, http.port, config.tls, http.loop, http.parser)
+        #: the separate Prometheus listener (config.metrics.port), no key; None without one
+        self.metrics_port: int | None = None
+        if config.metrics.port is not None:
+            self.metrics_port = self.metrics.serve(config.metrics.host, config.metrics.port)
         # the data folder's owner record names this server, so a refused process can point to it
         self.engine.collections.owner_lock.record(
             grpc=f"{config.host}:{self.port}",
@@ -104,10 +131,32 @@ class Service:
                 continue
         return sizes
 
+    def check_storage(self) -> str | None:
+        """Probe the data folder; CollectionService NOT_SERVING (with the reason) while it
+        cannot be written, SERVING again once it can. Returns the problem, or None."""
+        problem = probe(self.config.data_dir)
+        for name in self._storage_services:
+            if problem == self.degraded.get(name):
+                continue
+            if problem is None:
+                del self.degraded[name]
+                log.warning("%s: data folder writable again: SERVING", name)
+            else:
+                self.degraded[name] = problem
+                log.warning("%s NOT_SERVING: %s", name, problem)
+            self._publish()
+        return problem
+
     def _watchdog(self) -> None:
-        """NOT_SERVING while a forward pass has run past the timeout (engine wedged)."""
+        """NOT_SERVING while a forward pass has run past the timeout (engine wedged); the data
+        folder's writability every ``storage_check_interval_s``."""
         limit = self.config.watchdog_timeout_s
-        while not self._stopped.wait(min(1.0, limit / 4)):
+        period = min(1.0, limit / 4, self.config.storage_check_interval_s)
+        last_probe = time.monotonic()
+        while not self._stopped.wait(period):
+            if time.monotonic() - last_probe >= self.config.storage_check_interval_s:
+                last_probe = time.monotonic()
+                self.check_storage()
             if not self._ready.is_set():
                 continue
             wedged = self.engine.batcher.busy_for() > limit
@@ -116,15 +165,20 @@ class Service:
                 self.set_serving(not wedged, f"a forward pass has run for over {limit:g} s")
 
     def set_serving(self, serving: bool, reason: str = "starting") -> None:
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in ("", *self.service_names):
-            self.health.set(name, status)
         self.serving.reason = "" if serving else reason
         (self.serving.set if serving else self.serving.clear)()
+        self._publish()
+
+    def _publish(self) -> None:
+        """gRPC health of the server ("") and of each service, from readiness and storage."""
+        up, down = (
+            health_pb2.HealthCheckResponse.SERVING,
+            health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
+        serving = self.serving.is_set()
+        self.health.set("", up if serving else down)
+        for name in self.service_names:
+            self.health.set(name, up if serving and name not in self.degraded else down)
 
     def start(
         self,
@@ -138,6 +192,7 @@ class Service:
         self.server.start()
         if self.http is not None:
             self.http.start()
+        self.check_storage()  # a read-only or full data folder is reported from the start
         threading.Thread(target=self._watchdog, name="embedsvc-watchdog", daemon=True).start()
 
         def ready() -> None:
@@ -184,6 +239,7 @@ class Service:
             self._startup_thread.join(grace)
         if self.http is not None:
             self.http.stop(grace)
+        self.metrics.stop_serving()
         self.server.stop(grace).wait()
         try:
             self.engine.close()

@@ -2,7 +2,9 @@
 
 Keys arrive as ``authorization: Bearer <key>``. Health checks and reflection are always open.
 Read-only keys may call the read methods only (embed, search, list, get, select context,
-generate); every other method needs a full key. Keys are compared in constant time.
+generate, and the HTTP ``/metrics`` and ``/openapi.json``); every other method needs a full key.
+Metrics keys may scrape ``/metrics`` and nothing else (and, configured alone, close ``/metrics``
+while the data API stays open). Keys are compared in constant time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from embedsvc.config import AuthConfig
 from embedsvc.errors import PermissionDenied, Unauthenticated
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+#: the method names of the HTTP ``/metrics`` and ``/openapi.json`` routes
+METRICS, OPENAPI = "Metrics", "OpenAPI"
 #: RPC (or HTTP route) names a read-only key may call; anything else counts as a write
 READ_METHODS = frozenset(
     {
@@ -24,6 +28,8 @@ READ_METHODS = frozenset(
         "SelectContext",
         "Generate",
         "Senses",
+        METRICS,
+        OPENAPI,
     }
 )
 
@@ -32,6 +38,7 @@ class ApiKeyAuth:
     def __init__(self, config: AuthConfig) -> None:
         self.full_keys = [k.encode() for k in config.api_keys]
         self.read_keys = [k.encode() for k in config.read_only_keys]
+        self.metrics_keys = [k.encode() for k in config.metrics_keys]
 
     @property
     def enabled(self) -> bool:
@@ -46,7 +53,9 @@ class ApiKeyAuth:
 
         ``method`` is a gRPC path (``/pkg.Service/Method``) or a bare method name.
         """
-        if not self.enabled or self.is_open(method):
+        name = method.rsplit("/", 1)[-1]
+        guarded = self.enabled or (name == METRICS and self.metrics_keys)
+        if not guarded or self.is_open(method):
             return
         scheme, _, key = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not key:
@@ -55,9 +64,11 @@ class ApiKeyAuth:
         if any(hmac.compare_digest(given, k) for k in self.full_keys):
             return
         if any(hmac.compare_digest(given, k) for k in self.read_keys):
-            if method.rsplit("/", 1)[-1] in READ_METHODS:
+            if name in READ_METHODS:
                 return
-            raise PermissionDenied(
-                f"this API key is read-only and cannot call {method.rsplit('/', 1)[-1]}"
-            )
+            raise PermissionDenied(f"this API key is read-only and cannot call {name}")
+        if any(hmac.compare_digest(given, k) for k in self.metrics_keys):
+            if name == METRICS:
+                return
+            raise PermissionDenied(f"this API key may only read /metrics, not call {name}")
         raise Unauthenticated("invalid API key")

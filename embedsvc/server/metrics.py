@@ -1,14 +1,27 @@
 """Prometheus metrics: RPC latency and errors, queue and batch sizes, index sizes.
 
 Each service gets its own registry (tests start several servers in one process); the HTTP
-server exposes it at ``/metrics``.
+server exposes it at ``/metrics`` (behind the API keys when keys are configured), and
+:meth:`Metrics.serve` on a separate port without a key (``metrics.port``), to be kept private.
+
+Every label has a bounded set of values: methods are the registered RPCs and HTTP routes (the
+HTTP layer counts any other path as ``unknown``), codes are status codes, collections are the
+collections that exist.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -32,6 +45,7 @@ class _IndexSizes:
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._server: Any = None
         self.rpc_latency = Histogram(
             "embedsvc_request_seconds",
             "request latency by method (gRPC and HTTP)",
@@ -84,3 +98,16 @@ class Metrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+    def serve(self, host: str, port: int) -> int:
+        """Serve this registry on ``host:port`` (0 = any free port) in a thread; returns the
+        port. No key: bind it where only the scraper can reach it."""
+        server, _thread = start_http_server(port, host, registry=self.registry)
+        self._server = server
+        return int(server.server_address[1])
+
+    def stop_serving(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None

@@ -7,7 +7,7 @@ from typing import Any
 import grpc
 
 from embedsvc.engine import Document, Engine
-from embedsvc.errors import InvalidArgument
+from embedsvc.errors import InvalidArgument, shorten
 from embedsvc.rag.context import adaptive_search
 from embedsvc.server.convert import (
     KIND,
@@ -54,6 +54,7 @@ class EmbeddingServicer(egrpc.EmbeddingServiceServicer):
                     dim=s.dim,
                     max_tokens=s.max_tokens,
                     loaded=s.loaded,
+                    runtime=s.runtime,
                 )
                 for s in self.engine.list_strategies()
             ]
@@ -101,6 +102,7 @@ def collection_to_proto(info: dict[str, Any]) -> cpb.Collection:
         dim=info["dim"],
         document_count=info["count"],
         index_params={k: str(v) for k, v in (info.get("index_params") or {}).items()},
+        backend=info.get("backend", "faiss"),
     )
 
 
@@ -131,6 +133,7 @@ class CollectionServicer(cgrpc.CollectionServiceServicer):
             strategy=request.strategy or None,
             index_kind=request.index_kind or None,
             index_params=_index_params(dict(request.index_params)),
+            backend=request.backend or None,
         )
         return cpb.CreateCollectionResponse(collection=collection_to_proto(coll.describe()))
 
@@ -163,8 +166,9 @@ class CollectionServicer(cgrpc.CollectionServiceServicer):
             if message.collection:
                 if collection and message.collection != collection:
                     raise InvalidArgument(
-                        f"one Upsert stream writes one collection: got {message.collection!r} "
-                        f"after {collection!r}; open a new stream per collection",
+                        "one Upsert stream writes one collection: got "
+                        f"{shorten(message.collection)} after {shorten(collection)}; open a new "
+                        "stream per collection",
                         field="collection",
                     )
                 collection = message.collection

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+#: a status message is sent as gRPC trailing metadata (8 KiB in all by default): never more
+MAX_MESSAGE_CHARS = 2000
+
 #: the HTTP status of each gRPC code (as grpc-gateway maps them)
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
@@ -45,6 +48,8 @@ def to_status(exc: BaseException) -> tuple[grpc.StatusCode, str, status_pb2.Stat
     if isinstance(exc, EmbedsvcError):
         code = getattr(grpc.StatusCode, exc.code, grpc.StatusCode.INTERNAL)
         message = exc.message
+        if len(message) > MAX_MESSAGE_CHARS:  # the status travels in (size-limited) metadata
+            message = message[:MAX_MESSAGE_CHARS] + "... (message cut)"
     else:
         request_id = current_request_id() or uuid.uuid4().hex[:12]
         log.exception("internal error (request %s)", request_id)
@@ -75,7 +80,7 @@ def to_http(exc: BaseException) -> tuple[int, dict[str, Any]]:
             "param": getattr(exc, "field", None),
         }
     }
-    return HTTP_STATUS.get(code, 500), body
+    return getattr(exc, "http_status", None) or HTTP_STATUS.get(code, 500), body
 
 
 def abort(context: grpc.ServicerContext, exc: BaseException) -> None:

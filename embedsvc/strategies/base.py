@@ -1,112 +1,29 @@
 """The strategy contract and its registry.
 
-A strategy turns texts into an :class:`Embedding` for a role (query or passage). One module per
-technique lives beside this file and registers itself with ``@register_strategy("name")``; the
-package imports every module in this folder, so adding a module *is* adding a strategy. Nothing
-else in the code base dispatches on strategy names.
+A strategy turns texts into an :class:`Embedding` for a role (query or passage) in three stages
+(pre -> core -> post, see :class:`Strategy`). One module or folder per technique lives beside
+this file and registers itself with ``@register_strategy("name")``; the package imports every
+one of them, so adding a folder *is* adding a strategy. Nothing else in the code base
+dispatches on strategy names.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel
 
-from embedsvc.errors import InvalidArgument, NotFound
-
-OutputKind = Literal["dense", "binary"]
-
-
-class Role(str, Enum):
-    """Who the text is: a search query or a stored passage (some strategies treat them apart)."""
-
-    QUERY = "query"
-    PASSAGE = "passage"
-
-
-@dataclass
-class Embedding:
-    """What a strategy returns for ``n`` texts.
-
-    ``vectors`` is float32 ``[n, dim]`` for ``dense`` and uint8 ``[n, dim // 8]`` (bit-packed,
-    ``numpy.packbits`` order) for ``binary``. ``token_counts[i]`` is how many tokens of text ``i``
-    the model saw; ``truncated_tokens[i]`` how many were dropped to fit the model's limit.
-    """
-
-    kind: OutputKind
-    vectors: np.ndarray
-    dim: int
-    token_counts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    truncated_tokens: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-    #: seconds spent per stage (queue, tokenize, inference), filled in by the serving path
-    timings: dict[str, float] = field(default_factory=dict)
-    #: optional per-text bytes a collection stores beside each document and hands back to
-    #: ``Strategy.rescore`` (e.g. BTR token codes); None for strategies without one
-    payloads: list[bytes] | None = None
-    #: optional second, sparse view of the same texts (``scipy.sparse`` CSR ``[n, vocab]``,
-    #: non-negative weights per vocabulary id) for dual strategies such as ``dupmae_dual``;
-    #: collections index it beside the dense vectors and fuse both at search time
-    sparse: Any = None
-
-    def __len__(self) -> int:
-        return int(self.vectors.shape[0])
-
-    @staticmethod
-    def empty(kind: OutputKind, dim: int) -> Embedding:
-        """The embedding of no texts (``[0, dim]`` floats or ``[0, dim // 8]`` packed bits)."""
-        if kind == "binary":
-            vectors = np.zeros((0, dim // 8), np.uint8)
-        else:
-            vectors = np.zeros((0, dim), np.float32)
-        none = np.zeros(0, dtype=np.int64)
-        return Embedding(kind, vectors, dim, none, none.copy())
-
-    def slice(self, start: int, stop: int) -> Embedding:
-        return Embedding(
-            self.kind,
-            self.vectors[start:stop],
-            self.dim,
-            self.token_counts[start:stop],
-            self.truncated_tokens[start:stop],
-            payloads=None if self.payloads is None else self.payloads[start:stop],
-            sparse=None if self.sparse is None else self.sparse[start:stop],
-        )
-
-    @staticmethod
-    def concat(parts: list[Embedding]) -> Embedding:
-        if not parts:
-            raise ValueError("nothing to concatenate")
-        first = parts[0]
-        return Embedding(
-            first.kind,
-            np.concatenate([p.vectors for p in parts]),
-            first.dim,
-            np.concatenate([p.token_counts for p in parts]),
-            np.concatenate([p.truncated_tokens for p in parts]),
-            payloads=(
-                None
-                if any(p.payloads is None for p in parts)
-                else [x for p in parts for x in p.payloads]  # type: ignore[union-attr]
-            ),
-            sparse=(
-                None
-                if any(p.sparse is None for p in parts)
-                else _vstack_sparse([p.sparse for p in parts])
-            ),
-        )
-
-
-def _vstack_sparse(parts: list[Any]) -> Any:
-    from scipy import sparse
-
-    return sparse.vstack(parts, format="csr")
+from embedsvc.errors import InvalidArgument, NotFound, shorten
+from embedsvc.strategies.embedding import Embedding, OutputKind, Role
+from embedsvc.strategies.features import Features, check_texts, pad_batch
+from embedsvc.strategies.pooling import l2_normalize
+from embedsvc.strategies.runner import CoreExecutor, Executor, Runner
 
 
 class StrategyConfig(BaseModel):
@@ -116,15 +33,32 @@ class StrategyConfig(BaseModel):
 
 
 class Strategy(ABC):
-    """Texts in, an :class:`Embedding` out (subclasses set the class attributes)."""
+    """Texts in, an :class:`Embedding` out, in three stages (subclasses set the class attributes).
+
+    * **pre** -- ``pre(texts, role) -> Features``: tokenise once (role templates, prompts, the
+      token limit); the real counts are what the limit and the batcher count.
+    * **core** -- ``core``: one ``nn.Module`` (:class:`~embedsvc.strategies.core.CoreModule`),
+      the only forward pass; the module ONNX export traces.
+    * **post** -- ``post(outputs, feeds, role, normalize) -> (vectors, payloads)``: pool the
+      outputs of one batch into the served vectors (normalise, quantise, pack bits).
+
+    ``encode`` runs the three through the :class:`~embedsvc.strategies.runner.Runner` with this
+    instance's executor (the core in torch unless a runtime set another with ``use_executor``).
+    Model-free strategies (``debug``) may override ``encode`` instead.
+    """
 
     name: ClassVar[str]
     output_kind: ClassVar[OutputKind]
     config_cls: ClassVar[type[StrategyConfig]] = StrategyConfig
     description: ClassVar[str] = ""
 
-    def __init__(self, config: StrategyConfig | None = None) -> None:
+    def __init__(self, config: StrategyConfig | None = None, *, cache_dir: Path | None = None):
         self.config = config if config is not None else self.config_cls()
+        self._cache_dir = cache_dir
+        self._core: Any = None
+        self._executor: Any = None
+        #: one lock for everything this instance loads lazily (re-entrant: loaders nest)
+        self._load_lock = threading.RLock()
 
     @property
     @abstractmethod
@@ -138,14 +72,111 @@ class Strategy(ABC):
 
     @property
     @abstractmethod
-    def fingerprint(self) -> str:
-        """Identifies the weights + config, so caches keyed by it never serve stale vectors."""
+    def model_fingerprint(self) -> str:
+        """Identifies the weights + config (independent of the runtime that executes them)."""
 
-    @abstractmethod
+    @property
+    def fingerprint(self) -> str:
+        """What caches key on: the model's fingerprint, plus the executor when it is not the
+        in-process torch one (vectors of different runtimes are never mixed)."""
+        executor = self._executor
+        if executor is None or executor.name == "torch":
+            return self.model_fingerprint
+        return self.digest(self.model_fingerprint, executor.name)
+
+    # -- the three stages ----------------------------------------------------------------------
+
+    def pre(self, texts: list[str], role: Role) -> Features:
+        """Token ids (within the limit) and untruncated counts of each text."""
+        raise NotImplementedError(f"strategy {self.name!r} has no pre stage")
+
+    def build_core(self) -> Any:
+        """The core module (built once, on first use of :attr:`core`); None = no model."""
+        return None
+
+    def lazy(self, attr: str, load: Any) -> Any:
+        """``getattr(self, attr)``, set by ``load()`` on first use under the instance's lock
+        (models, artifacts, the core: everything a strategy loads lazily, loaded once)."""
+        value = getattr(self, attr, None)
+        if value is None:
+            with self._load_lock:
+                value = getattr(self, attr, None)
+                if value is None:
+                    value = load()
+                    setattr(self, attr, value)
+        return value
+
+    @staticmethod
+    def digest(*parts: object) -> str:
+        """A short sha256 of ``parts`` joined by ``|`` (what fingerprints are made of)."""
+        return hashlib.sha256("|".join(str(p) for p in parts).encode()).hexdigest()[:16]
+
+    @property
+    def core(self) -> Any:
+        def build() -> Any:
+            core = self.build_core()
+            return core.eval() if core is not None else None
+
+        return self.lazy("_core", build)
+
+    @property
+    def pad_id(self) -> int:
+        return 0
+
+    def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
+        """One padded batch of ``pre``'s ids, named as the core's inputs."""
+        return pad_batch(ids, self.pad_id, self.core.input_names)
+
+    def post(
+        self,
+        outputs: dict[str, np.ndarray],
+        feeds: dict[str, np.ndarray],
+        role: Role,
+        normalize: bool,
+    ) -> tuple[np.ndarray, list[bytes] | None]:
+        """The served vectors of one batch (default: the ``embedding`` output, normalised)."""
+        vectors = np.asarray(outputs["embedding"], dtype=np.float32)
+        return (l2_normalize(vectors) if normalize else vectors), None
+
+    #: width of the sparse view (``Embedding.sparse``) of a dual strategy; None = dense only.
+    #: Collections keep a sparse side index of this width and fuse it with the dense one
+    sparse_vocab: int | None = None
+
+    def post_sparse(
+        self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray], role: Role
+    ) -> Any:
+        """A dual strategy's sparse view of one batch (``scipy.sparse`` CSR ``[b, vocab]``);
+        None for dense-only strategies (the default)."""
+        return None
+
+    # -- running -------------------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per forward pass (the config's ``batch_size``)."""
+        return int(getattr(self.config, "batch_size", 32))
+
+    @property
+    def token_budget(self) -> int | None:
+        """Padded tokens per forward pass (None: ``batch_size`` rows of any length)."""
+        return None
+
+    @property
+    def executor(self) -> Executor:
+        """What runs the core: the in-process torch module unless a runtime set another."""
+        return self.lazy("_executor", lambda: CoreExecutor(self.core))
+
+    def use_executor(self, executor: Executor) -> None:
+        """Run the core elsewhere (``embedsvc.runtimes``): pre and post stay the same code."""
+        self._executor = executor
+
     def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
         """Untruncated token count of each text (the batcher budgets with it)."""
+        texts = check_texts(texts)
+        if not texts:
+            return []
+        return [int(n) for n in self.pre(texts, role).counts]
 
-    @abstractmethod
     def encode(
         self,
         texts: list[str],
@@ -155,6 +186,12 @@ class Strategy(ABC):
         truncate: bool = True,
     ) -> Embedding:
         """Embed ``texts``. With ``truncate=False`` an over-long text raises InvalidArgument."""
+        return Runner(self).encode(texts, role, normalize=normalize, truncate=truncate)
+
+    #: STS-B dev Spearman of its ``onnx-int8`` model minus its ``onnx`` fp32 model, as measured
+    #: (``docs/results/issue7.md``; None = never measured). The int8 runtime refuses, at
+    #: start-up, a strategy outside ``embedsvc.runtimes.base.INT8_GATE``.
+    int8_sts_delta: ClassVar[float | None] = None
 
     #: candidates per query the index returns for ``rescore`` (0 = this strategy never rescores)
     rescore_depth: int = 0
@@ -165,10 +202,19 @@ class Strategy(ABC):
         returned in ``Embedding.payloads`` for those passages."""
         raise NotImplementedError(f"strategy {self.name!r} does not rescore")
 
-    def onnx_spec(self) -> Any:
-        """Export hook: an ``embedsvc.export.OnnxSpec`` (the traceable module and how to feed
-        it), or None when there is nothing to export (no transformer). ``embedsvc export`` and
-        the ONNX runtime call only this; strategies that export override it."""
+    @property
+    def exportable(self) -> bool:
+        """True when the strategy has a core to export (checked without loading a model)."""
+        return type(self).build_core is not Strategy.build_core
+
+    @property
+    def source(self) -> Path | None:
+        """The folder the weights came from (hashed into export manifests)."""
+        return None
+
+    @property
+    def tokenizer(self) -> Any:
+        """The tokenizer ``pre`` uses (saved beside an ONNX export); None for model-free ones."""
         return None
 
     def save(self, directory: Path) -> None:
@@ -206,7 +252,7 @@ def strategy_class(name: str) -> type[Strategy]:
     except KeyError:
         valid = ", ".join(sorted(_REGISTRY)) or "(none)"
         raise NotFound(
-            f"unknown strategy {name!r}; valid strategies: {valid}", field="strategy"
+            f"unknown strategy {shorten(name)}; valid strategies: {valid}", field="strategy"
         ) from None
 
 

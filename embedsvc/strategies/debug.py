@@ -1,5 +1,8 @@
 """Test engines: ``debug`` (dense) and ``debug_binary`` (binary). They load no model.
 
+They run the same pre/core/post pipeline as every strategy; their "core" is a numpy executor
+(:class:`BagOfWordsExecutor`), so there is nothing for an ONNX runtime to execute or export.
+
 Like infinity's debug engine, these exist so that server, batching, caching, index and error tests
 run in milliseconds. They are deterministic across processes and platforms (words are hashed with
 blake2b, never Python's salted ``hash()``), and texts that share words get similar vectors, so a
@@ -20,8 +23,8 @@ from functools import lru_cache
 import numpy as np
 from pydantic import Field
 
-from embedsvc.strategies._limits import apply_token_limit, check_texts
-from embedsvc.strategies.base import Embedding, Role, Strategy, StrategyConfig, register_strategy
+from embedsvc.strategies.base import Role, Strategy, StrategyConfig, register_strategy
+from embedsvc.strategies.features import Features
 
 DENSE_DIM = 32
 BINARY_BITS = 256
@@ -46,16 +49,6 @@ def _word_slot(word: str) -> tuple[int, float]:
     return value % DENSE_DIM, (1.0 if (value >> 32) & 1 else -1.0)
 
 
-def _bag_of_words(texts: list[str], limit: int) -> np.ndarray:
-    """Signed hashed bag of (at most ``limit``) words: float32 ``[n, DENSE_DIM]``, unnormalised."""
-    out = np.zeros((len(texts), DENSE_DIM), dtype=np.float32)
-    for row, text in enumerate(texts):
-        for word in _words(text)[:limit]:
-            slot, sign = _word_slot(word)
-            out[row, slot] += sign
-    return out
-
-
 @lru_cache(maxsize=1)
 def _projection() -> np.ndarray:
     """A fixed ``DENSE_DIM x BINARY_BITS`` +-1 matrix derived from blake2b (no RNG to drift)."""
@@ -70,7 +63,39 @@ def _projection() -> np.ndarray:
     return (bits.astype(np.float32) * 2 - 1).reshape(DENSE_DIM, BINARY_BITS)
 
 
+def _word_id(word: str) -> int:
+    """A word as the token id the debug core reads: ``2 * bucket + (sign > 0)``."""
+    slot, sign = _word_slot(word)
+    return 2 * slot + (sign > 0)
+
+
+class BagOfWordsExecutor:
+    """The debug strategies' "core": a signed hashed bag of words in numpy (no model).
+
+    ``input_ids`` hold ``2 * bucket + (sign > 0)`` per word; the output ``embedding`` is the
+    unnormalised float32 ``[n, DENSE_DIM]`` bag. ``delay_ms`` imitates a model's latency.
+    """
+
+    name = "torch"  # in-process: part of no fingerprint
+
+    def __init__(self, delay_ms: float = 0.0) -> None:
+        self.delay_ms = delay_ms
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.delay_ms:
+            time.sleep(self.delay_ms / 1000.0)
+        ids, mask = feeds["input_ids"], feeds["attention_mask"].astype(np.float32)
+        out = np.zeros((ids.shape[0], DENSE_DIM), dtype=np.float32)
+        signs = np.where(ids % 2 == 1, 1.0, -1.0).astype(np.float32) * mask
+        rows = np.repeat(np.arange(ids.shape[0]), ids.shape[1])
+        np.add.at(out, (rows, (ids // 2).ravel()), signs.ravel())
+        return {"embedding": out}
+
+
 class _DebugBase(Strategy):
+    """Pre: words (whitespace-separated, lower-cased for hashing), cut to ``max_length``;
+    core: :class:`BagOfWordsExecutor`; post: the subclass's."""
+
     config_cls = DebugConfig
     config: DebugConfig
 
@@ -79,21 +104,33 @@ class _DebugBase(Strategy):
         return self.config.max_length
 
     @property
-    def fingerprint(self) -> str:
+    def model_fingerprint(self) -> str:
         key = f"{self.name}|v1|{self.config.max_length}"
-        return hashlib.sha256(key.encode()).hexdigest()[:16]
+        return self.digest(key)
 
-    def count_tokens(self, texts: list[str], role: Role = Role.PASSAGE) -> list[int]:
-        return [len(_words(t)) for t in check_texts(texts)]
+    @property
+    def batch_size(self) -> int:
+        return 1 << 30  # one "forward pass" per call, as a model batcher would see it
 
-    def _prepare(
-        self, texts: list[str], truncate: bool
-    ) -> tuple[list[str], np.ndarray, np.ndarray]:
-        texts = check_texts(texts)
-        seen, truncated = apply_token_limit(self.count_tokens(texts), self.max_tokens, truncate)
-        if self.config.delay_ms:
-            time.sleep(self.config.delay_ms / 1000.0)
-        return texts, seen, truncated
+    @property
+    def executor(self) -> BagOfWordsExecutor:
+        return BagOfWordsExecutor(self.config.delay_ms)
+
+    def pre(self, texts: list[str], role: Role) -> Features:
+        words = [_words(t) for t in texts]
+        limit = self.max_tokens
+        return Features(
+            [[_word_id(w) for w in ws[:limit]] for ws in words], [len(w) for w in words]
+        )
+
+    def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
+        width = max(1, max(len(x) for x in ids))  # an empty text is a row of padding only
+        out = np.zeros((len(ids), width), dtype=np.int64)
+        mask = np.zeros((len(ids), width), dtype=np.int64)
+        for r, seq in enumerate(ids):
+            out[r, : len(seq)] = seq
+            mask[r, : len(seq)] = 1
+        return {"input_ids": out, "attention_mask": mask}
 
 
 @register_strategy("debug")
@@ -106,21 +143,6 @@ class DebugDense(_DebugBase):
     @property
     def dim(self) -> int:
         return DENSE_DIM
-
-    def encode(
-        self,
-        texts: list[str],
-        role: Role = Role.PASSAGE,
-        *,
-        normalize: bool = True,
-        truncate: bool = True,
-    ) -> Embedding:
-        texts, seen, truncated = self._prepare(texts, truncate)
-        vectors = _bag_of_words(texts, self.max_tokens)
-        if normalize:
-            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-            vectors = vectors / np.where(norms > 0, norms, 1.0)
-        return Embedding("dense", vectors.astype(np.float32), DENSE_DIM, seen, truncated)
 
 
 @register_strategy("debug_binary")
@@ -138,15 +160,6 @@ class DebugBinary(_DebugBase):
     def dim(self) -> int:
         return BINARY_BITS
 
-    def encode(
-        self,
-        texts: list[str],
-        role: Role = Role.PASSAGE,
-        *,
-        normalize: bool = True,
-        truncate: bool = True,
-    ) -> Embedding:
-        texts, seen, truncated = self._prepare(texts, truncate)
-        projected = _bag_of_words(texts, self.max_tokens) @ _projection()
-        codes = np.packbits(projected > 0, axis=1)
-        return Embedding("binary", codes.astype(np.uint8), BINARY_BITS, seen, truncated)
+    def post(self, outputs, feeds, role, normalize):  # type: ignore[no-untyped-def]
+        projected = outputs["embedding"] @ _projection()
+        return np.packbits(projected > 0, axis=1).astype(np.uint8), None

@@ -13,7 +13,7 @@ import pytest
 from scipy import sparse
 
 from embedsvc.collections import CollectionManager
-from embedsvc.errors import FailedPrecondition
+from embedsvc.errors import FailedPrecondition, InvalidArgument
 from embedsvc.indexes.fusion import convex_fuse
 from embedsvc.strategies.base import Embedding
 
@@ -125,3 +125,10 @@ def test_kill_9_keeps_both_indexes(tmp_path: Path) -> None:
     got = [[h.id for h in row] for row in col.search(q, 10, fusion_weight=0.5)]
     assert got == expected(docs, q, 10, 0.5)
     m.close()
+
+
+def test_milvus_refuses_a_sparse_side_index(tmp_path: Path) -> None:
+    m = CollectionManager(tmp_path)
+    with pytest.raises(InvalidArgument, match="FAISS collections only"):
+        m.create("c", "dual", "dense", D, "flat", sparse_vocab=V, backend="milvus")
+    assert m.list() == []

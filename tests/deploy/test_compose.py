@@ -114,9 +114,9 @@ def test_volumes_and_environment(gpu_config):
                 assert key[len("EMBEDSVC_") :].lower() in fields, key
         assert env["EMBEDSVC_CACHE_DIR"] == "/models" and env["EMBEDSVC_DATA_DIR"] == "/indexes"
         ServiceConfig(runtime=env["EMBEDSVC_RUNTIME"])  # a value the Engine accepts
-        from embedsvc.export.runtime import ONNX_RUNTIMES
+        from embedsvc.runtimes import RUNTIMES
 
-        assert env["EMBEDSVC_RUNTIME"] in {"torch", *ONNX_RUNTIMES}
+        assert env["EMBEDSVC_RUNTIME"] in RUNTIMES
 
 
 def test_healthcheck_is_the_grpc_health_command(gpu_config):
@@ -168,3 +168,44 @@ def test_dockerfile_copy_sources_exist_and_commands_are_real():
     _check_cli(shlex.split(health_cmd))
     args = {rest.split("=")[0] for word, rest in instructions if word == "ARG"}
     assert {"BASE_IMAGE", "EMBEDSVC_EXTRAS"} <= args
+
+
+def test_cluster_profile_runs_embedsvc_replicas_on_milvus(monkeypatch):
+    """``--profile cluster``: Milvus standalone with its etcd and MinIO (pinned images), and
+    embedsvc replicas whose Milvus collections live there and whose data folders are their own."""
+    services = compose_config(COMPOSE, "cluster")["services"]
+    assert set(services) == {"embedsvc", "etcd", "minio", "milvus", "embedsvc-cluster"}
+    for name in ("etcd", "minio", "milvus"):
+        image = services[name]["image"]
+        tag = image.rsplit(":", 1)[-1]
+        assert ":" in image and tag != "latest" and any(c.isdigit() for c in tag), image
+        assert services[name]["profiles"] == ["cluster"]
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "minio:9000"
+    assert {d: c["condition"] for d, c in milvus["depends_on"].items()} == {
+        "etcd": "service_healthy",
+        "minio": "service_healthy",
+    }
+    replicas = services["embedsvc-cluster"]
+    assert replicas["deploy"]["replicas"] >= 2
+    assert replicas["depends_on"]["milvus"]["condition"] == "service_healthy"
+    assert "/indexes" not in {v["target"] for v in replicas["volumes"]}  # one owner per folder
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    wanted = replicas["build"]["args"]["EMBEDSVC_EXTRAS"].split(",")
+    assert "milvus" in wanted and all(e in extras for e in wanted)
+    _check_cli(replicas["healthcheck"]["test"][1:])
+    # the environment is what ServiceConfig reads (nested keys included)
+    env = replicas["environment"]
+    for key in list(os.environ):
+        if key.startswith("EMBEDSVC_"):
+            monkeypatch.delenv(key)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    config = ServiceConfig()
+    assert config.milvus.uri == "http://milvus:19530" and config.data_dir == Path("/indexes")
+    host, port = config.milvus.uri.removeprefix("http://").split(":")
+    assert host == "milvus" and port == "19530"

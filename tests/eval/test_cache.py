@@ -27,7 +27,7 @@ class Counting(Strategy):
         self.texts_seen = 0
 
     @property
-    def fingerprint(self) -> str:
+    def model_fingerprint(self) -> str:
         return self._fp
 
     def count_tokens(self, texts, role=Role.PASSAGE):

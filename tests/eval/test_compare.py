@@ -55,7 +55,7 @@ class TinyDual(Strategy):
     output_kind: ClassVar[str] = "dense"
     dim = 8
     max_tokens = 64
-    fingerprint = "tiny-dual-v1"
+    model_fingerprint = "tiny-dual-v1"
     sparse_vocab = len(WORDS) + 2
     fusion_weight = 0.3
 

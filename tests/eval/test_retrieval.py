@@ -23,7 +23,7 @@ class VectorText(Strategy):
 
     dim = 4
     max_tokens = 512
-    fingerprint = "vector-text-v1"
+    model_fingerprint = "vector-text-v1"
 
     def count_tokens(self, texts, role=Role.PASSAGE):
         return [len(t.split()) for t in texts]

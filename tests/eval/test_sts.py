@@ -27,7 +27,7 @@ class Lookup(Strategy):
 
     dim = 8
     max_tokens = 512
-    fingerprint = "lookup-v1"
+    model_fingerprint = "lookup-v1"
 
     def count_tokens(self, texts, role=Role.PASSAGE):
         return [1] * len(texts)

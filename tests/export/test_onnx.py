@@ -10,11 +10,19 @@ import pytest
 
 pytest.importorskip("onnxruntime")
 
-from embedsvc.errors import InvalidArgument  # noqa: E402
+from embedsvc.checksums import sha256_file  # noqa: E402
+from embedsvc.errors import FailedPrecondition, InvalidArgument  # noqa: E402
 from embedsvc.eval.data import read_sts  # noqa: E402
-from embedsvc.export.onnx import MANIFEST, export_strategy, sha256_file  # noqa: E402
-from embedsvc.export.runtime import OnnxStrategy, is_exportable, onnx_strategy  # noqa: E402
-from embedsvc.strategies import Role, available_strategies, get_strategy  # noqa: E402
+from embedsvc.export.onnx import MANIFEST, export_strategy  # noqa: E402
+from embedsvc.runtimes.base import load_export  # noqa: E402
+from embedsvc.strategies import (  # noqa: E402
+    Role,
+    Strategy,
+    available_strategies,
+    create_strategy,
+    get_strategy,
+    strategy_class,
+)
 
 STSB = Path("/work/shared/data/stsb/sts-dev.csv")
 needs_stsb = pytest.mark.skipif(not STSB.is_file(), reason="STS-B dev not available")
@@ -40,17 +48,47 @@ def onnx_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mean_onnx(onnx_cache) -> OnnxStrategy:
-    """``mean`` exported once (fp32 + int8) into the cache the server test uses too."""
-    return onnx_strategy(get_strategy("mean"), onnx_cache, int8=True)
+def mean_export(onnx_cache) -> Path:
+    """``mean`` exported once (fp32 + int8) where the engine's start-up export puts it."""
+    from embedsvc.config import ServiceConfig
+    from embedsvc.export.startup import prepare
+
+    prepare("mean", ServiceConfig(cache_dir=onnx_cache, runtime="onnx-int8"))
+    from embedsvc.runtimes.base import onnx_folder
+
+    return onnx_folder(get_strategy("mean"), ServiceConfig(cache_dir=onnx_cache))
+
+
+@pytest.fixture(scope="module")
+def mean_onnx(mean_export) -> Strategy:
+    return load_export(mean_export, int8=True)
 
 
 def test_debug_strategies_are_not_exported(tmp_path):
+    from embedsvc.config import ServiceConfig
+    from embedsvc.runtimes import serving_strategy
+
     debug = get_strategy("debug")
-    assert not is_exportable(debug)
-    assert onnx_strategy(debug, tmp_path) is debug  # served as is: there is no transformer
+    assert not debug.exportable
+    config = ServiceConfig(cache_dir=tmp_path, runtime="onnx")
+    assert serving_strategy("debug", config) is debug  # served as is: there is no transformer
     with pytest.raises(InvalidArgument, match="no ONNX export"):
         export_strategy("debug", tmp_path / "out")
+
+
+@pytest.mark.slow
+def test_a_request_never_exports(tmp_path):
+    """Under an ONNX runtime a strategy without an export is refused, naming the command."""
+    from embedsvc.config import ServiceConfig
+    from embedsvc.engine import Engine
+
+    engine = Engine(ServiceConfig(cache_dir=tmp_path, data_dir=tmp_path / "d", runtime="onnx"))
+    try:
+        with pytest.raises(FailedPrecondition, match="embedsvc export -s mean"):
+            engine.embed(["hello"], "mean")
+        assert not any(tmp_path.rglob("*.onnx"))
+    finally:
+        engine.close()
 
 
 def test_every_transformer_strategy_has_an_export_hook():
@@ -64,23 +102,23 @@ def test_every_transformer_strategy_has_an_export_hook():
     }
     assert {"mean", "dupmae", "btr", "multisense", "text2token"} <= names
     for name in sorted(names):
-        assert is_exportable(get_strategy(name)), name
+        assert strategy_class(name)(None).exportable, name
 
 
 @pytest.mark.slow
-def test_manifest(mean_onnx):
-    d = mean_onnx.directory
+def test_manifest(mean_export):
+    d = mean_export
     manifest = json.loads((d / MANIFEST).read_text())
     assert manifest["strategy"]["name"] == "mean"
     assert manifest["strategy"]["fingerprint"] == get_strategy("mean").fingerprint
     assert manifest["opset"] == 17 and manifest["int8"] is True
     assert list(manifest["inputs"]) == ["input_ids", "attention_mask", "token_type_ids"]
-    assert list(manifest["outputs"]) == ["embedding", "embedding_normalized"]
+    assert list(manifest["outputs"]) == ["embedding"]
     assert "model.safetensors" in manifest["source"]["sha256"]
     for name, digest in manifest["files"].items():
         assert sha256_file(d / name) == digest
     assert (d / "tokenizer" / "tokenizer.json").is_file()
-    assert manifest["parity"]["fp32_min_cosine"] >= 0.999
+    assert manifest["parity"]["fp32"] >= 0.999
     # dynamic axes: batch and sequence are symbolic in the graph
     import onnx
 
@@ -91,9 +129,9 @@ def test_manifest(mean_onnx):
 
 @pytest.mark.slow
 @needs_stsb
-def test_mean_parity_fp32(onnx_cache, mean_onnx):
+def test_mean_parity_fp32(mean_export, mean_onnx):
     torch_s = get_strategy("mean")
-    fp32 = onnx_strategy(torch_s, onnx_cache, int8=False)
+    fp32 = load_export(mean_export)
     texts = _sentences(300) + ["a " * 400]  # one text over the 256-token limit
     ref = torch_s.encode(texts, Role.PASSAGE)
     got = fp32.encode(texts, Role.PASSAGE)
@@ -110,10 +148,10 @@ def test_mean_parity_fp32(onnx_cache, mean_onnx):
 
 @pytest.mark.slow
 @needs_stsb
-def test_int8_within_half_a_point_of_fp32_on_stsb(onnx_cache, mean_onnx):
+def test_int8_within_half_a_point_of_fp32_on_stsb(mean_export, mean_onnx):
     from embedsvc.eval.sts import evaluate_sts
 
-    fp32 = onnx_strategy(get_strategy("mean"), onnx_cache, int8=False)
+    fp32 = load_export(mean_export)
     s32 = evaluate_sts(fp32, STSB, use_cache=False)["spearman"]
     s8 = evaluate_sts(mean_onnx, STSB, use_cache=False)["spearman"]
     assert s32 > 80  # all-MiniLM-L6-v2: 86.7 on this STS-B dev file (torch and ONNX fp32)
@@ -128,8 +166,9 @@ def test_decoder_parity_fp32(name, tmp_path):
         pytest.skip(f"{name} has not landed")
     torch_s = get_strategy(name)
     export_strategy(torch_s, tmp_path)
-    served = OnnxStrategy.from_dir(tmp_path)
-    assert served.inner.fingerprint == torch_s.fingerprint
+    served = load_export(tmp_path)
+    assert served.model_fingerprint == torch_s.fingerprint
+    assert served.fingerprint != torch_s.fingerprint  # caches never mix the two runtimes
     texts = _sentences(40) + ['He asked: "why not?"', "ok"]
     ref = torch_s.encode(texts)
     got = served.encode(texts)
@@ -140,7 +179,9 @@ def test_decoder_parity_fp32(name, tmp_path):
 
 
 @pytest.mark.slow
-def test_server_with_onnx_runtime_answers_like_torch(tmp_path, onnx_cache, mean_onnx, monkeypatch):
+def test_server_with_onnx_runtime_answers_like_torch(
+    tmp_path, onnx_cache, mean_export, monkeypatch
+):
     from embedsvc.client import EmbedsvcClient
     from embedsvc.config import ServiceConfig
     from embedsvc.server import create_server
@@ -165,6 +206,7 @@ def test_server_with_onnx_runtime_answers_like_torch(tmp_path, onnx_cache, mean_
                 out[runtime] = client.embed_response(texts, "mean", "passage")
                 listed = {s.name: s for s in client.list_strategies()}
                 assert listed["mean"].dim == 384
+                assert listed["mean"].runtime == runtime  # ListStrategies says what serves it
         finally:
             service.stop(grace=1)
     from embedsvc.server.convert import tensor_to_numpy
@@ -187,8 +229,7 @@ def test_mltp_head_parity_fp32(tmp_path):
     import torch
     from safetensors.torch import save_file
 
-    from embedsvc.strategies import create_strategy
-    from embedsvc.strategies._heads import HeadConfig, build_head
+    from embedsvc.strategies.mltp.model import HeadConfig, build_head
 
     artifact = tmp_path / "head"
     artifact.mkdir()
@@ -201,7 +242,7 @@ def test_mltp_head_parity_fp32(tmp_path):
     (artifact / "head_config.json").write_text(cfg.model_dump_json())
     torch_s = create_strategy("mltp", artifact=str(artifact))
     export_strategy(torch_s, tmp_path / "onnx")
-    served = OnnxStrategy(torch_s, tmp_path / "onnx")
+    served = load_export(tmp_path / "onnx")
     texts = _sentences(24) + ["ok"]
     ref, got = torch_s.encode(texts), served.encode(texts)
     assert _min_cos(ref.vectors, got.vectors) >= 0.999
@@ -229,8 +270,8 @@ def test_cli_export_mean_int8(tmp_path):
     assert result.exit_code == 0, result.output
     summary = _last_json(result.stdout)
     assert summary["files"] == ["model.onnx", "model_int8.onnx"]
-    assert summary["parity"]["fp32_min_cosine"] >= 0.999
-    served = OnnxStrategy.from_dir(out, int8=True)
+    assert summary["parity"]["fp32"] >= 0.999
+    served = load_export(out, int8=True)
     assert served.encode(["hello world"]).vectors.shape == (1, 384)
 
 

@@ -21,7 +21,7 @@ pytest.importorskip("onnxruntime")
 from embedsvc.errors import FailedPrecondition  # noqa: E402
 from embedsvc.eval.data import read_sts  # noqa: E402
 from embedsvc.export.onnx import export_strategy, read_manifest  # noqa: E402
-from embedsvc.export.runtime import OnnxStrategy, onnx_strategy  # noqa: E402
+from embedsvc.runtimes.base import load_export  # noqa: E402
 from embedsvc.strategies import Role, available_strategies, create_strategy  # noqa: E402
 
 STSB = Path("/work/shared/data/stsb/sts-dev.csv")
@@ -80,8 +80,8 @@ def _check_dense(torch_s, served, texts: list[str]) -> float:
 def test_dupmae_parity_fp32(name, tmp_path):
     torch_s = _strategy(name)
     manifest = export_strategy(torch_s, tmp_path)
-    assert manifest["parity"]["fp32_min_cosine"] >= 0.999
-    served = OnnxStrategy(torch_s, tmp_path)
+    assert manifest["parity"]["fp32"] >= 0.999
+    served = load_export(tmp_path)
     # 14 sentences + two short texts ("ok": one ordinary token, fewer than top_k active ids)
     _check_dense(torch_s, served, _sentences(14) + ["x " * 300])
     raw = served.encode(["A plane is taking off."], normalize=False).vectors
@@ -100,14 +100,14 @@ def test_dupmae_graph_has_topk_and_scatter_add(tmp_path):
 
 
 def test_btr_codes_and_payloads_match_torch(tmp_path):
-    from embedsvc.strategies._btr_codes import unpack_bits
-    from embedsvc.strategies.btr import decode_payload
+    from embedsvc.strategies.btr import decode_payload, unpack_bits
 
     torch_s = _strategy("btr")
     export_strategy(torch_s, tmp_path)
     manifest = read_manifest(tmp_path)
-    assert list(manifest["outputs"])[2:] == ["token_bits", "token_scales"]
-    served = OnnxStrategy.from_dir(tmp_path)  # the serving path, rebuilt from the manifest
+    assert list(manifest["outputs"]) == ["projection", "token_bits", "token_scales", "pooled"]
+    assert manifest["parity"]["measure"] == "equal_bits" and manifest["parity"]["fp32"] >= 0.999
+    served = load_export(tmp_path)  # the serving path, rebuilt from the manifest
     texts = _sentences(16)
     ref, got = torch_s.encode(texts, Role.PASSAGE), served.encode(texts, Role.PASSAGE)
     assert got.kind == "binary" and got.vectors.dtype == np.uint8
@@ -164,14 +164,14 @@ def sense_dictionary(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("name", ["multisense", "multisense_student"])
 def test_multisense_parity_fp32(name, sense_dictionary, tmp_path):
     torch_s = _strategy(name, dictionary=str(sense_dictionary))
-    served = onnx_strategy(torch_s, tmp_path)  # the Engine's on-first-use export path
-    assert isinstance(served, OnnxStrategy)
-    notes = " ".join(served.manifest["notes"])
+    manifest = export_strategy(torch_s, tmp_path)
+    served = load_export(tmp_path)
+    notes = " ".join(manifest["notes"])
     assert "sense dictionary in the graph" in notes
     # sentences the dictionary was built from (every token has senses) and unseen ones
     texts = _unique_sentences()[:6] + _sentences(12, offset=1)
     _check_dense(torch_s, served, texts)
-    # the Senses RPC's inspection method is the wrapped strategy's (torch), not lost
+    # the Senses RPC's inspection reads the same core's sense ids, whichever runtime runs it
     assert served.senses(texts[:1], neighbours=1) == torch_s.senses(texts[:1], neighbours=1)
     # replacement really happened: the vectors differ from plain pooling of the same model
     plain = _strategy(name, dictionary=str(sense_dictionary), replace=False)
@@ -186,11 +186,11 @@ def test_multisense_int8_export_keeps_the_dictionary(name, sense_dictionary, tmp
 
     torch_s = _strategy(name, dictionary=str(sense_dictionary))
     manifest = export_strategy(torch_s, tmp_path, quantize_int8=True)
-    assert manifest["int8"] and manifest["parity"]["int8_min_cosine"] > 0.5
+    assert manifest["int8"] and manifest["parity"]["int8"] > 0.5
     graph = onnx.load(str(tmp_path / "model_int8.onnx")).graph
     fp16 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
-    assert [i.name for i in fp16] == ["inner.centroids"]
-    served = OnnxStrategy(torch_s, tmp_path, int8=True)
+    assert [i.name for i in fp16] == ["centroids"]
+    served = load_export(tmp_path, int8=True)
     assert served.encode(["A plane is taking off."]).vectors.shape == (1, 384)
 
 
@@ -199,16 +199,16 @@ def test_pooling_heads_shipped_artifacts_parity_fp32(name, tmp_path):
     """The trained SmolLM2 pooling heads (``embedsvc/artifacts/*-smollm2``) in one graph."""
     torch_s = _strategy(name, batch_size=8)
     manifest = export_strategy(torch_s, tmp_path)
-    assert manifest["parity"]["fp32_min_cosine"] >= 0.999
-    _check_dense(torch_s, OnnxStrategy(torch_s, tmp_path), _sentences(10))
+    assert manifest["parity"]["fp32"] >= 0.999
+    _check_dense(torch_s, load_export(tmp_path), _sentences(10))
 
 
 @pytest.mark.parametrize("name", TEXT2TOKEN)
 def test_text2token_parity_fp32(name, tmp_path):
     torch_s = _strategy(name, batch_size=8)
     manifest = export_strategy(torch_s, tmp_path)
-    assert manifest["parity"]["fp32_min_cosine"] >= 0.999
-    _check_dense(torch_s, OnnxStrategy(torch_s, tmp_path), _sentences(10))
+    assert manifest["parity"]["fp32"] >= 0.999
+    _check_dense(torch_s, load_export(tmp_path), _sentences(10))
 
 
 def test_btr_collection_served_by_onnx_runtime(tmp_path, monkeypatch):
@@ -230,12 +230,16 @@ def test_btr_collection_served_by_onnx_runtime(tmp_path, monkeypatch):
         monkeypatch.setenv("EMBEDSVC_CACHE_DIR", str(tmp_path / "cache"))  # restored after
         engine = Engine(
             ServiceConfig(
-                data_dir=tmp_path / runtime, cache_dir=tmp_path / "cache", runtime=runtime
+                data_dir=tmp_path / runtime,
+                cache_dir=tmp_path / "cache",
+                runtime=runtime,
+                preload_strategies=["btr"],
             )
         )
         try:
+            engine.preload()  # start-up: the ONNX export happens here, never in a request
             if runtime == "onnx":
-                assert isinstance(engine.strategy("btr"), OnnxStrategy)
+                assert engine.strategy("btr").executor.name == "onnx"
             engine.create_collection("b", strategy="btr")
             engine.upsert("b", [Document(f"d{i}", t) for i, t in enumerate(docs)])
             payloads = engine.collections.get("b").payloads([f"d{i}" for i in range(4)])

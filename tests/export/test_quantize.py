@@ -1,4 +1,4 @@
-"""int8 export: which MatMuls are quantised (``OnnxSpec.int8_keep_float``)."""
+"""int8 export: which MatMuls are quantised (``CoreModule.int8_keep_float``)."""
 
 from __future__ import annotations
 

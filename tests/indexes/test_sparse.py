@@ -11,7 +11,7 @@ from embedsvc.indexes.sparse import (
     csr_rows_to_bytes,
     decode_sparse_rows,
 )
-from embedsvc.strategies._dupmae_exact import pool_csr, pool_torch
+from embedsvc.strategies.dupmae.exact import pool_csr
 
 VOCAB = 200
 
@@ -114,6 +114,7 @@ def test_bytes_roundtrip():
 
 def test_pool_csr_matches_pool_torch():
     import torch
+    from trainlib.dupmae_exact import pool_torch
 
     rng = np.random.default_rng(3)
     t = 300

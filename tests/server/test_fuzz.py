@@ -2,12 +2,15 @@
 
 Hypothesis drives both transports with random texts (empty, huge, control characters, lone
 surrogates where the wire allows), random enums, random metadata (deeply nested, NaN, huge
-numbers) and raw non-protobuf bytes. After every example the server must still answer.
+numbers) and raw non-protobuf bytes; filters with integers past 64 bits and nesting hundreds of
+levels deep, names of up to 20,000 characters, random index parameters, and bodies past the
+HTTP limit. After every example the server must still answer.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 
@@ -171,3 +174,97 @@ def _leaves(value):
             yield from _leaves(v)
     else:
         yield value
+
+
+def _deep(depth: int, leaf: object) -> object:
+    value = leaf
+    for i in range(depth):
+        value = {"k": value} if i % 2 else [value]
+    return value
+
+
+huge_ints = st.integers(min_value=-(2**200), max_value=2**200)
+long_names = st.text(min_size=1, max_size=20) | st.integers(1000, 20000).map(lambda n: "n" * n)
+filters = st.dictionaries(
+    st.text(max_size=8) | st.just("k"),
+    json_leaf
+    | huge_ints
+    | st.builds(_deep, st.integers(1, 600), json_leaf | huge_ints)
+    | st.lists(huge_ints, max_size=3),
+    max_size=4,
+)
+
+
+@FUZZ
+@given(
+    collection=st.just("fz") | long_names,
+    flt=filters,
+    top_k=st.integers(min_value=-(2**70), max_value=2**70),
+    padding=st.sampled_from([0, 1000, 4 * 1024 * 1024 + 1, 9 * 1024 * 1024]),
+)
+def test_http_search_fuzz(server, collection, flt, top_k, padding):
+    """Filters with huge integers and deep nesting, long names, huge bodies: 4xx, never 500."""
+    service, _ = server
+    base = f"http://127.0.0.1:{service.http_port}"
+    body = {"collection": collection, "query": "q", "top_k": top_k, "filter": flt}
+    content = json.dumps(body).encode() + b" " * padding  # whitespace: still valid JSON
+    response = httpx.post(
+        f"{base}/v1/search",
+        content=content,
+        headers={"content-type": "application/json"},
+        timeout=30,
+    )
+    assert response.status_code in ALLOWED_HTTP, response.text[:500]
+    if padding > 4 * 1024 * 1024:
+        assert response.status_code == 413
+    if response.status_code != 200:
+        error = response.json()["error"]
+        assert set(error) == {"message", "type", "param", "code"}
+        assert len(error["message"]) < 2500
+    assert httpx.get(f"{base}/health").status_code == 200
+
+
+@FUZZ
+@given(
+    name=long_names,
+    kind=st.sampled_from(["flat", "ivf", "hnsw", "ivfpq", "binary", "nope"]),
+    params=st.dictionaries(
+        st.sampled_from(
+            [
+                "nlist",
+                "nprobe",
+                "hnsw_m",
+                "ef_construction",
+                "ef_search",
+                "pq_m",
+                "rerank_factor",
+                "bogus",
+            ]
+        ),
+        st.integers(-5, 10**30).map(str) | st.floats().map(str) | st.text(max_size=10),
+        max_size=3,
+    ),
+)
+def test_collection_admin_fuzz(server, name, kind, params):
+    """Long names and random index parameters: a status with a short message, never INTERNAL,
+    and nothing huge gets built."""
+    _, client = server
+    request = cpb.CreateCollectionRequest(
+        name=name, strategy="debug", index_kind=kind, index_params=params
+    )
+    for call in (
+        lambda: client.collections.CreateCollection(request, timeout=30),
+        lambda: client.collections.GetCollection(cpb.GetCollectionRequest(name=name), timeout=30),
+        lambda: client.collections.Search(
+            cpb.SearchRequest(collection=name, queries=["q"]), timeout=30
+        ),
+        lambda: client.collections.DeleteCollection(
+            cpb.DeleteCollectionRequest(name=name), timeout=30
+        ),
+    ):
+        try:
+            call()
+        except grpc.RpcError as exc:
+            assert exc.code() in ALLOWED_GRPC, exc.details()[:300]
+            assert len(exc.details()) < 2500
+    assert client.health() == "SERVING"

@@ -131,3 +131,18 @@ def test_timing_metadata(http):
     assert {"x-queue-time", "x-inference-time", "x-tokenize-time"} <= set(trailing)
     response = httpx.post(f"{base}/v1/embeddings", json={"input": "a b", "model": "debug"})
     assert "x-inference-time" in response.headers and "x-total-time" in response.headers
+
+
+def test_http_connections_have_tcp_nodelay(http):
+    """Every accepted connection sends small responses at once (TCP_NODELAY): without it a
+    keep-alive client waited Nagle + delayed ACK, 40 ms, on every request."""
+    import socket
+
+    service, _, base = http
+    with httpx.Client(base_url=base) as client:
+        assert client.get("/health").status_code == 200
+        connections = list(service.http.server.server_state.connections)
+        assert connections, "the keep-alive connection is open"
+        for protocol in connections:
+            sock = protocol.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)

@@ -107,7 +107,11 @@ def test_log_records_during_a_request_carry_its_id(served, caplog):
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
+    async def broken_async(*args, **kwargs):
+        raise RuntimeError("boom")
+
     service.engine.embed = broken
+    service.engine.embed_async = broken_async  # HTTP's path for small requests
     with pytest.raises(grpc.RpcError) as err:
         _embed(client, "bug-req-1")
     assert err.value.code() == grpc.StatusCode.INTERNAL

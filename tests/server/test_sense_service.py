@@ -97,7 +97,7 @@ def test_multisense_senses_and_collection_on_a_real_dictionary(
     from pathlib import Path
 
     from embedsvc.strategies import base as strategy_base
-    from embedsvc.strategies._sense_io import default_dictionary_dir
+    from embedsvc.strategies.multisense.io import default_dictionary_dir
 
     root = Path(__file__).resolve().parents[2]
     spec = importlib.util.spec_from_file_location(

@@ -79,7 +79,8 @@ def test_concurrent_calls_are_batched(server_factory):
 
     def call(i: int) -> None:
         try:
-            client.embed([f"text {i}", f"more {i}"], strategy="debug")
+            # 300 ms per forward: requests arrive while one runs (a lone one runs at once)
+            client.embed([f"text {i}", f"more {i}"], strategy="debug_slow")
         except grpc.RpcError as exc:  # pragma: no cover - reported below
             errors.append(exc)
 

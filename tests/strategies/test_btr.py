@@ -11,22 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trainlib.btr import fit_calibration, fit_projection
 
 from embedsvc.collections import CollectionManager
 from embedsvc.engine import Engine
-from embedsvc.strategies._btr_codes import (
+from embedsvc.strategies.base import Embedding, Strategy
+from embedsvc.strategies.btr import decode_payload, encode_payload, pack_bits, unpack_bits
+from embedsvc.strategies.btr.model import (
     Calibration,
     binarize_hashnet,
     binarize_ste,
-    fit_calibration,
-    fit_projection,
     naive_roundtrip,
-    pack_bits,
     sentence_bits,
-    unpack_bits,
 )
-from embedsvc.strategies.base import Embedding, Strategy
-from embedsvc.strategies.btr import decode_payload, encode_payload
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -137,7 +134,7 @@ class _FakeRescorer(Strategy):
 
     dim = 8  # type: ignore[assignment]
     max_tokens = 16  # type: ignore[assignment]
-    fingerprint = "fake"  # type: ignore[assignment]
+    model_fingerprint = "fake"  # type: ignore[assignment]
 
     def count_tokens(self, texts, role=None):
         return [1] * len(texts)

@@ -6,23 +6,25 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
-
-from embedsvc.strategies._dupmae_model import (
-    DupMAEHeads,
+from trainlib.dupmae import (
     EnhancedDecoder,
-    TiedLMHead,
     bow_target,
-    combine,
     decoder_visibility,
-    hash_buckets,
-    hash_topk,
     max_over_tokens,
     max_over_tokens_argmax,
     mlm_corrupt,
-    ordinary_mask,
-    ot_topk,
     splade_max,
     whole_word_mask,
+)
+
+from embedsvc.strategies.dupmae.model import (
+    DupMAEHeads,
+    TiedLMHead,
+    combine,
+    hash_buckets,
+    hash_topk,
+    ordinary_mask,
+    ot_topk,
 )
 
 CLS, SEP, PAD = 101, 102, 0
@@ -168,7 +170,7 @@ def test_strategy_missing_artifact_says_how_to_build(tmp_path) -> None:
 @pytest.mark.slow
 def test_shipped_strategy_encodes_unit_vectors() -> None:
     from embedsvc.strategies import create_strategy
-    from embedsvc.strategies.dupmae import ARTIFACTS
+    from embedsvc.strategies.artifacts import ARTIFACTS
 
     if not (ARTIFACTS / "dupmae/pretrained/head_config.json").is_file():
         pytest.skip("dupmae/pretrained artifact not built")
@@ -182,7 +184,7 @@ def test_shipped_strategy_encodes_unit_vectors() -> None:
 @pytest.mark.slow
 def test_more_hash_buckets_bring_the_ot_channel_closer_to_exact_sparse_scores() -> None:
     from embedsvc.strategies import create_strategy
-    from embedsvc.strategies.dupmae import ARTIFACTS
+    from embedsvc.strategies.artifacts import ARTIFACTS
 
     if not (ARTIFACTS / "dupmae/pretrained/head_config.json").is_file():
         pytest.skip("dupmae/pretrained artifact not built")

@@ -27,7 +27,7 @@ def artifact(tmp_path_factory) -> Path:
     from safetensors.torch import save_file
 
     from embedsvc.backbones import load_backbone
-    from embedsvc.strategies._dupmae_exact import ExactTermHead
+    from embedsvc.strategies.dupmae.exact import ExactTermHead
 
     folder = tmp_path_factory.mktemp("dual")
     torch.manual_seed(0)
@@ -96,11 +96,14 @@ def test_engine_embed_upsert_and_fused_search(artifact: Path, tmp_path: Path, mo
 
 
 def test_onnx_export_serves_both_channels(artifact: Path, tmp_path: Path) -> None:
-    from embedsvc.export.runtime import onnx_strategy
+    from embedsvc.export.onnx import export_strategy
+    from embedsvc.runtimes.base import load_export
     from embedsvc.strategies import create_strategy
 
     dual = create_strategy("dupmae_dual", artifact=str(artifact))
-    served = onnx_strategy(dual, tmp_path, int8=False, threads=1)
+    export_strategy(dual, tmp_path)  # traces dual.core, the module torch serves
+    served = load_export(tmp_path, threads=1)
+    assert served.model_fingerprint == dual.model_fingerprint
     ref, got = dual.encode(TEXTS), served.encode(TEXTS)
     np.testing.assert_allclose(got.vectors, ref.vectors, atol=1e-4)
     assert got.payloads is None and got.sparse.shape == ref.sparse.shape

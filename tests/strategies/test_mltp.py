@@ -13,14 +13,12 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from trainlib.losses import contrastive_loss  # noqa: E402
+
 from embedsvc.errors import FailedPrecondition  # noqa: E402
 from embedsvc.strategies import create_strategy, strategy_class  # noqa: E402
-from embedsvc.strategies._heads import (  # noqa: E402
-    HeadConfig,
-    build_head,
-    contrastive_loss,
-)
-from embedsvc.strategies.mltp import ARTIFACTS  # noqa: E402
+from embedsvc.strategies.artifacts import ARTIFACTS  # noqa: E402
+from embedsvc.strategies.mltp.model import HeadConfig, build_head  # noqa: E402
 
 SMALL = {"dim": 32, "num_layers": 6, "heads": 2, "dim_head": 8, "num_latents": 4}
 

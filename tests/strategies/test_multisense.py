@@ -10,18 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from trainlib.senses import kmeans, sample_keep, senses_for, table_from_lists
 
-from embedsvc.strategies._sense_io import SenseDictionary, load_dictionary, save_dictionary
-from embedsvc.strategies._senses import (
+from embedsvc.strategies.multisense.io import SenseDictionary, load_dictionary, save_dictionary
+from embedsvc.strategies.multisense.model import (
     assign_senses,
-    kmeans,
-    masked_mean,
+    candidates,
     replace_with_senses,
-    sample_keep,
-    senses_for,
-    table_from_lists,
+    student_logits,
 )
-from embedsvc.strategies.multisense import candidates, student_logits
+from embedsvc.strategies.pooling import masked_mean
 
 D = 16
 V = 10

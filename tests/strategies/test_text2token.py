@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-
-from embedsvc.strategies._t2t_targets import (
+from trainlib.t2t_targets import (
     STOPWORDS,
     content_ids,
     content_words,

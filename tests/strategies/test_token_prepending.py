@@ -14,14 +14,13 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from embedsvc.errors import InvalidArgument  # noqa: E402
 from embedsvc.strategies import create_strategy, strategy_class  # noqa: E402
-from embedsvc.strategies._decoder import (  # noqa: E402
+from embedsvc.strategies.decoder.model import (  # noqa: E402
     PLACEHOLDER_ID,
-    TEMPLATES,
-    build_batch,
     placeholder_vector,
-    preprocess_sentence,
     resolve_layer,
 )
+from embedsvc.strategies.decoder.prompts import TEMPLATES, preprocess_sentence  # noqa: E402
+from embedsvc.strategies.features import pad_batch  # noqa: E402
 
 SENTENCES = [
     "A man with a hard hat is dancing.",
@@ -59,7 +58,7 @@ def test_placeholder_is_deterministic_across_processes() -> None:
     vec = placeholder_vector(576, 3407, 1.0)
     assert vec.shape == (576,) and 0.8 < float(vec.std()) < 1.2  # std 1 as the reference
     code = (
-        "from embedsvc.strategies._decoder import placeholder_vector as p;"
+        "from embedsvc.strategies.decoder.model import placeholder_vector as p;"
         "print(repr(float(p(576, 3407, 1.0).double().sum())))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -67,14 +66,19 @@ def test_placeholder_is_deterministic_across_processes() -> None:
 
 
 def test_batch_positions_left_and_right() -> None:
-    left = build_batch([[5, 6, 7], [8, 9]], pad_id=2, padding_side="left")
-    assert left.position_ids.tolist() == [[0, 1, 2], [0, 0, 1]]
-    assert left.last_idx.tolist() == [2, 2] and left.pst_idx is None
-    right = build_batch([[5, PLACEHOLDER_ID, 7], [8, PLACEHOLDER_ID]], pad_id=2)
-    assert right.position_ids.tolist() == [[0, 1, 2], [0, 1, 1]]
-    assert right.last_idx.tolist() == [2, 1] and right.pst_idx.tolist() == [1, 1]
-    with pytest.raises(InvalidArgument):  # a batch mixes placeholder and plain prompts
-        build_batch([[5, PLACEHOLDER_ID], [8, 9]], pad_id=2)
+    """Positions and the last token come from the mask, whatever the padding side."""
+    import torch
+
+    from embedsvc.strategies.pooling import last_index
+
+    left = pad_batch([[5, 6, 7], [8, 9]], pad_id=2, side="left")
+    assert left["input_ids"].tolist() == [[5, 6, 7], [2, 8, 9]]
+    assert last_index(torch.from_numpy(left["attention_mask"])).tolist() == [2, 2]
+    right = pad_batch([[5, PLACEHOLDER_ID, 7], [8, PLACEHOLDER_ID]], pad_id=2)
+    assert right["attention_mask"].tolist() == [[1, 1, 1], [1, 1, 0]]
+    assert last_index(torch.from_numpy(right["attention_mask"])).tolist() == [2, 1]
+    with pytest.raises(InvalidArgument):
+        pad_batch([[5], []], pad_id=2)
 
 
 def test_layer_indices() -> None:
@@ -103,21 +107,24 @@ def test_exit_equals_start_reproduces_no_tp_exactly(tp) -> None:
     """Hooks over an empty range == the same placeholder input through the plain model."""
     import torch
 
-    from embedsvc.strategies._decoder import input_embeddings
+    from embedsvc.strategies.pooling import last_index
 
     off = create_strategy("token_prepending", start=2, exit=2, output_layer=-1)
     seqs = [off.prompt_ids(preprocess_sentence(s)) for s in SENTENCES]
     hooked = off.encode_ids(seqs, [30])[30]
     model = off.backbone.model
     with torch.inference_mode():
-        batch = build_batch(seqs, 2, "right")
-        embeds = input_embeddings(model, batch.ids, off._placeholder())
+        feeds = {k: torch.from_numpy(v) for k, v in pad_batch(seqs, 2).items()}
+        ids, mask = feeds["input_ids"], feeds["attention_mask"]
+        embeds = model.get_input_embeddings()(ids.clamp(min=0))
+        vec = off._placeholder().view(1, 1, -1)
+        embeds = torch.where((ids == PLACEHOLDER_ID).unsqueeze(-1), vec, embeds)
         hidden = model.model(
             inputs_embeds=embeds,
-            attention_mask=batch.attention_mask,
-            position_ids=batch.position_ids,
+            attention_mask=mask,
+            position_ids=(mask.cumsum(1) - 1).clamp(min=0),
         ).last_hidden_state
-        plain = hidden[torch.arange(len(seqs)), batch.last_idx].numpy()
+        plain = hidden[torch.arange(len(seqs)), last_index(mask)].numpy()
     np.testing.assert_array_equal(hooked, plain)
     # and TP really changes the vector when the range is not empty
     on = create_strategy("token_prepending", start=1, exit=4, output_layer=-1)

@@ -1,0 +1,1 @@
+"""Evaluation harness: STS and BEIR retrieval numbers of a strategy (``embedsvc eval``)."""
