@@ -31,7 +31,14 @@ def _fail(exc: EmbedsvcError) -> None:
     raise typer.Exit(2)
 
 
-def make_drafter(kind: str, datastore: Any, num_drafts: int = 10, len_drafts: int = 10) -> Any:
+def make_drafter(
+    kind: str,
+    datastore: Any,
+    num_drafts: int = 10,
+    len_drafts: int = 10,
+    self_keys: bool = False,
+    min_score: float | None = None,
+) -> Any:
     """``none`` -> None, ``dresd`` / ``rest`` -> a drafter over ``datastore``."""
     from embedsvc.errors import InvalidArgument
 
@@ -42,7 +49,10 @@ def make_drafter(kind: str, datastore: Any, num_drafts: int = 10, len_drafts: in
     if kind == "dresd":
         from embedsvc.rag.dresd import DReSDConfig, DReSDDrafter
 
-        return DReSDDrafter(datastore, DReSDConfig(num_drafts=num_drafts, len_drafts=len_drafts))
+        cfg = DReSDConfig(
+            num_drafts=num_drafts, len_drafts=len_drafts, self_keys=self_keys, min_score=min_score
+        )
+        return DReSDDrafter(datastore, cfg)
     if kind == "rest":
         from embedsvc.rag.rest import RESTConfig, RESTDrafter
 
@@ -50,6 +60,30 @@ def make_drafter(kind: str, datastore: Any, num_drafts: int = 10, len_drafts: in
             datastore, RESTConfig(num_drafts=num_drafts, len_drafts=len_drafts)
         )
     raise InvalidArgument(f"unknown drafter {kind!r}: none | dresd | rest", field="drafter")
+
+
+def parse_method(spec: str) -> tuple[str, bool, str]:
+    """``kind[+self][@shape]`` -> (kind, self_keys, shape).
+
+    shape: ``adaptive`` (default: tree verification, adaptive node budget), ``full`` (tree,
+    every node of the num_drafts x len_drafts drafts, the paper's draft shape), ``batch`` (the
+    DReSD reference verifier: the KV cache repeated per draft row).
+
+    >>> parse_method("dresd+self@full")
+    ('dresd', True, 'full')
+    >>> parse_method("rest")
+    ('rest', False, 'adaptive')
+    """
+    from embedsvc.errors import InvalidArgument
+
+    name, _, shape = spec.partition("@")
+    kind, _, extra = name.partition("+")
+    shape = shape or "adaptive"
+    if kind not in ("dresd", "rest") or extra not in ("", "self") or (extra and kind != "dresd"):
+        raise InvalidArgument(f"unknown method {spec!r}: dresd[+self] | rest, then @shape")
+    if shape not in ("adaptive", "full", "batch"):
+        raise InvalidArgument(f"unknown shape in {spec!r}: adaptive | full | batch")
+    return kind, extra == "self", shape
 
 
 def run_spec_bench(
@@ -62,35 +96,60 @@ def run_spec_bench(
     len_drafts: int = 10,
     backbone: str = "smollm2",
     log: Any = None,
+    offset: int = 0,
+    max_nodes: int = 32,
+    min_score: float | None = None,
+    hf_generate: bool = False,
+    small_batch_linear: bool = True,
 ) -> dict[str, Any]:
-    """Decode ``limit`` prompts with greedy and each drafter; aggregate stats; check identity."""
+    """Decode prompts ``offset..offset+limit`` with greedy and each method; check identity."""
     from embedsvc.backbones import load_backbone
     from embedsvc.rag.datastore import Datastore, chat_prompt_ids, read_corpus
     from embedsvc.rag.speculative import GenerationStats, SpecConfig, SpeculativeDecoder
 
     bb = load_backbone(backbone)
     ds = Datastore.open(datastore)
-    prompts = [p for p, _ in read_corpus(Path(prompts_file), limit)]
-    cfg = SpecConfig(max_new_tokens=max_new_tokens, num_drafts=num_drafts, len_drafts=len_drafts)
-    methods = {"greedy": SpeculativeDecoder(bb, None, cfg)}
-    for kind in drafters:
-        methods[kind] = SpeculativeDecoder(bb, make_drafter(kind, ds, num_drafts, len_drafts), cfg)
-    totals = {name: GenerationStats() for name in methods}
-    identical = {name: 0 for name in drafters}
-    mismatches: dict[str, list[int]] = {name: [] for name in drafters}
+    pairs = read_corpus(Path(prompts_file), (offset + limit) if limit else None)
+    prompts = [p for p, _ in pairs][offset:]
+    base = SpecConfig(
+        max_new_tokens=max_new_tokens,
+        num_drafts=num_drafts,
+        len_drafts=len_drafts,
+        max_nodes=max_nodes,
+        small_batch_linear=small_batch_linear,
+    )
+    methods = {"greedy": SpeculativeDecoder(bb, None, base)}
+    for spec in drafters:
+        kind, self_keys, shape = parse_method(spec)
+        cfg = base.model_copy()
+        if shape == "full":
+            cfg.adaptive_nodes, cfg.max_nodes = False, num_drafts * len_drafts
+        elif shape == "batch":
+            cfg.verify = "batch"
+        drafter = make_drafter(kind, ds, num_drafts, len_drafts, self_keys, min_score)
+        methods[spec] = SpeculativeDecoder(bb, drafter, cfg)
+    names = list(methods)
+    if hf_generate:
+        names.append("hf_generate")
+    totals = {name: GenerationStats() for name in names}
+    identical = {name: 0 for name in names if name != "greedy"}
+    mismatches: dict[str, list[int]] = {name: [] for name in identical}
     t0 = time.perf_counter()
     for i, prompt in enumerate(prompts):
         ids = chat_prompt_ids(bb.tokenizer, prompt)
         ref: list[int] = []
-        for name, dec in methods.items():
-            out, stats = dec.generate(ids, max_new_tokens)
+        for name in names:
+            if name == "hf_generate":
+                out, stats = _hf_generate(bb, ids, max_new_tokens)
+            else:
+                out, stats = methods[name].generate(ids, max_new_tokens)
             totals[name] += stats
             if name == "greedy":
                 ref = out
             elif out == ref:
                 identical[name] += 1
             else:
-                mismatches[name].append(i)
+                mismatches[name].append(offset + i)
         if log:
             log(
                 f"[{i + 1}/{len(prompts)}] {time.perf_counter() - t0:.0f}s "
@@ -103,15 +162,19 @@ def run_spec_bench(
     report: dict[str, Any] = {
         "prompts_file": str(prompts_file),
         "prompts": len(prompts),
+        "offset": offset,
         "max_new_tokens": max_new_tokens,
         "num_drafts": num_drafts,
         "len_drafts": len_drafts,
+        "max_nodes": max_nodes,
+        "min_score": min_score,
+        "small_batch_linear": small_batch_linear,
         "datastore": {
             k: ds.manifest[k] for k in ("name", "tokens", "keys", "index", "lookup_ms_top50")
         },
         "greedy": totals["greedy"].summary(),
     }
-    for name in drafters:
+    for name in identical:
         row = totals[name].summary()
         row["tokens_per_s_ratio_vs_greedy"] = round(row["tokens_per_s"] / base_tps, 4)
         row["identical_to_greedy"] = f"{identical[name]}/{len(prompts)}"
@@ -120,15 +183,49 @@ def run_spec_bench(
     return report
 
 
+def _hf_generate(bb: Any, ids: list[int], max_new_tokens: int) -> tuple[list[int], Any]:
+    """A plain ``model.generate`` (greedy, stock ``F.linear``) of the same model, timed."""
+    import torch
+
+    from embedsvc.rag.kernels import plain_linear
+    from embedsvc.rag.speculative import GenerationStats
+
+    eos = int(bb.tokenizer.eos_token_id)
+    t = time.perf_counter()
+    with torch.inference_mode(), plain_linear():
+        gen = bb.model.generate(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones((1, len(ids)), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            eos_token_id=eos,
+            pad_token_id=eos,
+        )
+    wall = time.perf_counter() - t
+    out = gen[0, len(ids) :].tolist()
+    stats = GenerationStats(new_tokens=len(out), target_calls=len(out), wall_time_s=wall)
+    return out, stats
+
+
 @bench_app.command("spec")
 def spec(
     prompts: Path = typer.Option(..., help="HumanEval (jsonl.gz) or MT-Bench (jsonl) prompt file"),
     datastore: str = typer.Option("smollm2-id-mix160", help="datastore name or folder"),
     max_new_tokens: int = typer.Option(64, min=1),
     limit: int = typer.Option(None, min=1, help="first N prompts"),
-    drafters: str = typer.Option("dresd,rest", help="comma-separated: dresd, rest"),
+    drafters: str = typer.Option(
+        "dresd,rest",
+        help="comma-separated methods: dresd | dresd+self (request-local keys, not in the "
+        "paper) | rest, each optionally @adaptive (default) | @full (every node of the "
+        "num_drafts x len_drafts drafts) | @batch (DReSD's reference batched verifier)",
+    ),
     num_drafts: int = typer.Option(10, min=1),
     len_drafts: int = typer.Option(10, min=1),
+    offset: int = typer.Option(0, min=0, help="skip the first N prompts"),
+    max_nodes: int = typer.Option(32, min=1, help="@adaptive: most draft tokens per step"),
+    min_score: float = typer.Option(None, help="DReSD: no draft below this neighbour score"),
+    hf_generate: bool = typer.Option(False, help="also time a plain transformers generate"),
+    small_batch_linear: bool = typer.Option(True, help="W @ x.T kernels (greedy and drafted)"),
     threads: int = typer.Option(None, min=1, help="torch threads (default: torch's)"),
     as_json: bool = typer.Option(False, "--json"),
     quiet: bool = typer.Option(False, help="no per-prompt progress on stderr"),
@@ -149,6 +246,11 @@ def spec(
             num_drafts=num_drafts,
             len_drafts=len_drafts,
             log=None if quiet else (lambda m: typer.echo(m, err=True)),
+            offset=offset,
+            max_nodes=max_nodes,
+            min_score=min_score,
+            hf_generate=hf_generate,
+            small_batch_linear=small_batch_linear,
         )
     except EmbedsvcError as exc:
         _fail(exc)
@@ -157,9 +259,10 @@ def spec(
         return
     typer.echo(f"{report['prompts']} prompts x {max_new_tokens} tokens, datastore {datastore}")
     typer.echo(f"greedy: {report['greedy']}")
-    for name in names:
+    shown = [n for n, v in report.items() if isinstance(v, dict) and "identical_to_greedy" in v]
+    for name in shown:
         typer.echo(f"{name}: {report[name]}")
-    bad = [n for n in names if report[n]["mismatched_prompts"]]
+    bad = [n for n in shown if report[n]["mismatched_prompts"] and n != "hf_generate"]
     if bad:
         raise typer.Exit(1)
 

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from embedsvc.errors import InvalidArgument, shorten
+from embedsvc.errors import FailedPrecondition, InvalidArgument, NotFound, shorten
 from embedsvc.rag.speculative import GenerationStats, SpecConfig, SpeculativeDecoder
 
 DEFAULT_DATASTORE = "smollm2-id-mix160"
-DRAFTERS = ("none", "dresd", "rest")
+DRAFTERS = ("none", "dresd", "dresd+self", "rest")
 MAX_NEW_TOKENS = 2048
 
 
@@ -70,7 +70,7 @@ class Generator:
         kind = kind or "none"
         if kind not in DRAFTERS:
             raise InvalidArgument(
-                f"unknown drafter {shorten(kind)}: none | dresd | rest", field="drafter"
+                f"unknown drafter {shorten(kind)}: {' | '.join(DRAFTERS)}", field="drafter"
             )
         if kind == "none":
             return None
@@ -86,11 +86,24 @@ class Generator:
                     (
                         d.datastore
                         for k, d in self._drafters.items()
-                        if k[1] == name and k[0] == "dresd"
+                        if k[1] == name and k[0].startswith("dresd")
                     ),
                     None,
-                ) or Datastore.open(name, self._cache_dir())
-                self._drafters[key] = make_drafter(kind, ds, num_drafts, len_drafts)
+                )
+                if ds is None:
+                    try:
+                        ds = Datastore.open(name, self._cache_dir())
+                    except NotFound as exc:
+                        raise FailedPrecondition(
+                            f"datastore {name!r} is not built; build it with `embedsvc datastore "
+                            f"build {name} --form id --corpus FILE` (docs/results/issue19.md "
+                            "gives the exact command for the default one)",
+                            field="datastore",
+                        ) from exc
+                base, _, extra = kind.partition("+")
+                self._drafters[key] = make_drafter(
+                    base, ds, num_drafts, len_drafts, self_keys=extra == "self"
+                )
             return self._drafters[key]
 
     def prompt_ids(

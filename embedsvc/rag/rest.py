@@ -130,13 +130,26 @@ def rank_continuations(conts: Sequence[tuple[int, ...]], limit: int) -> list[lis
     >>> rank_continuations([(1, 2), (3, 4), (1, 5), (1, 2)], 10)
     [[1, 2], [1, 5], [3, 4]]
     """
+    return rank_weighted(conts, limit)[0]
+
+
+def rank_weighted(
+    conts: Sequence[tuple[int, ...]], limit: int
+) -> tuple[list[list[int]], list[float]]:
+    """:func:`rank_continuations` plus how often each kept continuation occurred.
+
+    >>> rank_weighted([(1, 2), (3, 4), (1, 5), (1, 2)], 2)
+    ([[1, 2], [1, 5]], [2.0, 1.0])
+    """
+    counts = Counter(conts)
     weight: Counter[tuple[int, ...]] = Counter()
-    for c in conts:
+    for c, k in counts.items():
         for j in range(1, len(c) + 1):
-            weight[c[:j]] += 1
-    distinct = list(dict.fromkeys(conts))
+            weight[c[:j]] += k
+    distinct = list(counts)
     distinct.sort(key=lambda c: [-weight[c[:j]] for j in range(1, len(c) + 1)])
-    return [list(c) for c in distinct[:limit]]
+    kept = distinct[:limit]
+    return [list(c) for c in kept], [float(counts[c]) for c in kept]
 
 
 class RESTDrafter:
@@ -165,12 +178,18 @@ class RESTDrafter:
                 pass  # read-only datastore: rebuild next time
         return cls(SuffixIndex(tokens, sa), config)
 
-    def propose(self, tokens: Sequence[int], state: np.ndarray | None = None) -> list[list[int]]:
+    def propose_weighted(
+        self, tokens: Sequence[int], state: np.ndarray | None = None
+    ) -> tuple[list[list[int]], list[float]]:
+        """Top ``num_drafts`` distinct continuations and their occurrence counts (trie weights)."""
         cfg = self.config
         m, starts = self.index.longest_match(
             list(tokens[-cfg.max_suffix :]), cfg.max_suffix, cfg.min_suffix
         )
         if not m:
-            return []
+            return [], []
         conts = self.index.continuations(starts[: cfg.max_occurrences], m, cfg.len_drafts)
-        return rank_continuations(conts, cfg.num_drafts)
+        return rank_weighted(conts, cfg.num_drafts)
+
+    def propose(self, tokens: Sequence[int], state: np.ndarray | None = None) -> list[list[int]]:
+        return self.propose_weighted(tokens, state)[0]

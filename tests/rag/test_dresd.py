@@ -93,3 +93,56 @@ def test_dresd_is_token_identical_to_greedy(spec_backbone, spec_references, spec
         assert out == ref
         accepted.append(stats.accepted_tokens)
     assert accepted[0] > 0  # prompt 0's own answer is in the datastore: drafts get accepted
+
+
+class _IdentityProjection:
+    def __call__(self, states):
+        x = np.atleast_2d(states).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    components = np.zeros((3, 3))
+
+
+class _SelfStore:
+    """A datastore with one useless neighbour: drafts can only come from the request."""
+
+    projection = _IdentityProjection()
+
+    def search(self, states, k):
+        return np.array([[0.0]]), np.array([[[-1] * 20]])
+
+
+def test_request_local_keys_retrieve_the_continuation_of_the_most_similar_state():
+    from embedsvc.rag.dresd import DReSDConfig, DReSDDrafter
+
+    drafter = DReSDDrafter(_SelfStore(), DReSDConfig(self_keys=True, len_drafts=2)).new_request()
+    tokens = [5, 7, 1, 2, 8, 7, 3, 4, 9, 7]  # token 7 follows positions 0, 4 and 8
+    states = np.eye(3, dtype=np.float32)[[0, 1, 0, 0, 2, 1, 0, 0, 2]]  # states of tokens[:-1]
+    drafter.observe(tokens[:5], states[:4])  # incremental, as the decoder does
+    drafter.observe(tokens, states[4:])
+    # query like position 4's state: its continuation after 7 is [3, 4]; then position 0's
+    drafts, weights = drafter.propose_weighted(tokens, np.array([0.0, 0.1, 1.0]))
+    assert drafts[0] == [3, 4] and [1, 2] in drafts and weights == [1.0] * len(drafts)
+    with pytest.raises(RuntimeError):
+        drafter.observe(tokens + [1, 1], states[:1])  # keys must cover tokens[:-1]
+
+
+def test_min_score_skips_drafting_when_the_nearest_key_is_far():
+    store = FakeStore(np.array([[3, 4, 5, 6]]))
+    drafter = DReSDDrafter(store, DReSDConfig(min_score=0.5))  # type: ignore[arg-type]
+    assert drafter.propose_weighted([3], np.ones(4, dtype=np.float32)) == ([], [])
+    drafter.config.min_score = -1.0
+    assert drafter.propose_weighted([3], np.ones(4, dtype=np.float32))[0] == [[4, 5, 6]]
+
+
+@pytest.mark.slow
+def test_dresd_self_keys_is_token_identical_to_greedy(
+    spec_backbone, spec_references, spec_datastore
+):
+    from embedsvc.rag.speculative import SpecConfig, SpeculativeDecoder
+
+    drafter = DReSDDrafter(spec_datastore, DReSDConfig(self_keys=True))
+    dec = SpeculativeDecoder(spec_backbone, drafter, SpecConfig())
+    for ids, ref in spec_references:
+        out, _ = dec.generate(ids, len(ref))
+        assert out == ref

@@ -114,12 +114,14 @@ def test_plain_loop_equals_hf_generate(tiny_backbone):
     assert stats.target_calls == 20 and stats.accepted_tokens == 0
 
 
+@pytest.mark.parametrize("verify", ["tree", "batch"])
 @pytest.mark.parametrize("corrupt_at", [None, 0, 2])
-def test_drafted_loop_is_token_identical(tiny_backbone, corrupt_at):
+def test_drafted_loop_is_token_identical(tiny_backbone, corrupt_at, verify):
     prompt = [5, 9, 17, 3]
     ref = _greedy_reference(tiny_backbone, prompt, 30)
     drafter = OracleDrafter(len(prompt), ref, corrupt_at)
-    dec = SpeculativeDecoder(tiny_backbone, drafter, SpecConfig(stop_at_eos=False, len_drafts=5))
+    cfg = SpecConfig(stop_at_eos=False, len_drafts=5, adaptive_nodes=False, verify=verify)
+    dec = SpeculativeDecoder(tiny_backbone, drafter, cfg)
     chunks = list(dec.stream(prompt, 30, stats := GenerationStats()))
     assert sum(chunks, []) == ref
     assert stats.new_tokens == 30

@@ -44,7 +44,9 @@ def test_errors_are_status_codes(gen):
     client, stub = gen
     assert client.health("embedsvc.v1.GenerationService") == "SERVING"
     assert _code(stub, prompt="hi", drafter="medusa") == grpc.StatusCode.INVALID_ARGUMENT
-    assert _code(stub, prompt="hi", drafter="dresd", datastore="nope") == grpc.StatusCode.NOT_FOUND
+    assert _code(stub, prompt="hi", drafter="dresd", datastore="nope") == (
+        grpc.StatusCode.FAILED_PRECONDITION
+    )
     assert _code(stub, prompt="hi", drafter="rest", datastore="../x") == (
         grpc.StatusCode.INVALID_ARGUMENT
     )
