@@ -269,6 +269,10 @@ class Engine:
             index_kind=kind,
             index_config=index_params or None,
             backend=backend or "faiss",
+            # only dual strategies pass it, so backends without a sparse side index still work
+            **(
+                {"sparse_vocab": sparse} if (sparse := getattr(strat, "sparse_vocab", None)) else {}
+            ),
         )
 
     def upsert(self, collection: str, documents: list[Document]) -> UpsertCounts:
@@ -351,7 +355,11 @@ class Engine:
         # two-stage search: a strategy that rescores gets a deeper candidate list first
         rescore_depth = int(getattr(strat, "rescore_depth", 0) or 0)
         depth = max(k, rescore_depth)
-        if (
+        if getattr(emb, "sparse", None) is not None:  # dual strategy: fused dense + sparse
+            hits = coll.search(
+                emb, depth, filter or None, fusion_weight=getattr(strat, "fusion_weight", None)
+            )
+        elif (
             self.search_batcher is not None
             and index_kind_class(coll.index_kind).gains_from_batching
         ):

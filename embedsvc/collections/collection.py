@@ -9,6 +9,12 @@ replay is idempotent, so a snapshot newer than its ``index.json`` is harmless); 
 snapshot it rebuilds the index from the stored vectors. A crash therefore loses nothing
 acknowledged and costs at most a replay.
 
+Dual strategies (``Embedding.sparse``, e.g. ``dupmae_dual``) also get a sparse side index
+(``embedsvc.indexes.sparse.SparseIndex``, exact): each document's sparse vector is stored in the
+same SQLite transaction as its dense vector (the payload column), and the side index is rebuilt
+from the store on every open, so it can never disagree with the store after a crash. A search
+then fuses the dense and sparse top-N (``embedsvc.indexes.fusion.convex_fuse``).
+
 Concurrency: a readers-writer lock; searches share it, writes (store commit + index update) and
 snapshots exclude writers. The index itself is not thread-safe.
 """
@@ -33,6 +39,8 @@ from embedsvc.collections.store import DocStore, Document, canonical_metadata
 from embedsvc.errors import FailedPrecondition, InvalidArgument
 from embedsvc.indexes import IndexConfig, VectorIndex, create_index, load_index
 from embedsvc.indexes.base import write_atomic
+from embedsvc.indexes.fusion import convex_fuse
+from embedsvc.indexes.sparse import SparseIndex, csr_rows_to_bytes, decode_sparse_rows
 from embedsvc.strategies.base import Embedding, OutputKind
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,8 @@ META_FILE = "meta.json"
 DOCS_FILE = "docs.sqlite"
 INDEX_FILE = "index.faiss"  # a VectorIndex.save bundle (npz of serialised faiss indexes)
 SNAPSHOT_FILE = "index.json"
+#: candidates per channel that a fused (dense + sparse) search combines
+FUSION_DEPTH = 100
 
 
 class CollectionMeta(BaseModel):
@@ -53,6 +63,8 @@ class CollectionMeta(BaseModel):
     dim: int = Field(ge=1)
     index_kind: str
     index_config: IndexConfig = Field(default_factory=IndexConfig)
+    #: width of the sparse side index (vocabulary size) for dual strategies; None = dense only
+    sparse_vocab: int | None = Field(None, ge=1)
     #: where documents and vectors live: this folder's SQLite + FAISS files, or Milvus
     backend: Literal["faiss", "milvus"] = "faiss"
     created_at: str = Field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
@@ -131,6 +143,7 @@ class Collection:
         self._store = DocStore(self.directory / DOCS_FILE, read_only=self.read_only)
         self._snapshot_generation = -1
         self._index = self._open_index()
+        self._sparse = self._rebuild_sparse()
 
     # ------------------------------------------------------------- properties
     @property
@@ -176,6 +189,9 @@ class Collection:
         check_documents(ids, texts, metas, embedding)
         vectors = self._check_embedding(embedding, "embedding")
         payloads = getattr(embedding, "payloads", None)
+        sparse_rows = self._check_sparse(embedding, "embedding")
+        if sparse_rows is not None:
+            payloads = csr_rows_to_bytes(sparse_rows)
         if payloads is not None and len(payloads) != len(ids):
             raise InvalidArgument(f"{len(payloads)} payloads for {len(ids)} documents")
         meta_json = [canonical_metadata(m, f"metadatas[{i}]") for i, m in enumerate(metas)]
@@ -192,6 +208,13 @@ class Collection:
                         np.asarray(out.vector_seqs, dtype=np.int64), vectors[out.vector_rows]
                     )
                 )
+                if self._sparse is not None and sparse_rows is not None:
+                    self._apply_sparse(
+                        lambda: self._sparse.add(  # type: ignore[union-attr]
+                            np.asarray(out.vector_seqs, dtype=np.int64),
+                            sparse_rows[out.vector_rows],
+                        )
+                    )
         return UpsertResult(out.inserted, out.updated, out.unchanged)
 
     @storage_guarded("directory")
@@ -207,22 +230,44 @@ class Collection:
             seqs = self._store.delete(ids)
             if seqs:
                 self._apply(lambda: self._index.remove(np.asarray(seqs, dtype=np.int64)))
+                if self._sparse is not None:
+                    self._apply_sparse(
+                        lambda: self._sparse.remove(  # type: ignore[union-attr]
+                            np.asarray(seqs, dtype=np.int64)
+                        )
+                    )
         return len(seqs)
 
     # ------------------------------------------------------------------- reads
     @storage_guarded("directory")
     def search(
-        self, query_embedding: Embedding, k: int, filter: dict[str, Any] | None = None
+        self,
+        query_embedding: Embedding,
+        k: int,
+        filter: dict[str, Any] | None = None,
+        fusion_weight: float | None = None,
+        fusion_depth: int = FUSION_DEPTH,
     ) -> list[list[Hit]]:
-        """Best ``k`` documents per query, best first; ``filter`` = metadata equalities."""
+        """Best ``k`` documents per query, best first; ``filter`` = metadata equalities.
+
+        With a sparse side index and a query embedding that carries ``sparse``, the dense and
+        sparse top-``max(k, fusion_depth)`` are fused (``fusion_weight`` = dense share, default
+        0.5) and the hits' scores are the fused ones.
+        """
         self._check_open()
         if k < 1:
             raise InvalidArgument(f"k must be >= 1, got {k}", field="k")
         queries = self._check_embedding(query_embedding, "query embedding")
+        q_sparse = self._check_sparse(query_embedding, "query embedding", required=False)
         with self._lock.read():
             self._check_open()
             allowed = self._store.filter_seqs(filter) if filter else None
-            scores, seqs = self._index.search(queries, k, allowed)
+            if self._sparse is not None and q_sparse is not None:
+                scores, seqs = self._fused_search(
+                    queries, q_sparse, k, allowed, fusion_weight, fusion_depth
+                )
+            else:
+                scores, seqs = self._index.search(queries, k, allowed)
             docs = self._store.docs_by_seq(sorted({int(s) for s in seqs.ravel() if s >= 0}))
         return [
             [
@@ -260,6 +305,7 @@ class Collection:
                 "backend": "faiss",
                 "count": self._store.count(),
                 "index_count": self._index.count,
+                "sparse_count": None if self._sparse is None else self._sparse.count,
                 "generation": self._store.generation,
                 "snapshot_generation": self._snapshot_generation,
                 "created_at": self.meta.created_at,
@@ -314,6 +360,69 @@ class Collection:
 
     def _check_embedding(self, embedding: Embedding, what: str) -> np.ndarray:
         return check_embedding(self.meta, embedding, what)
+
+    def _check_sparse(self, embedding: Embedding, what: str, required: bool = True) -> Any:
+        """The embedding's sparse rows as CSR for a collection with a sparse index, else None."""
+        rows = getattr(embedding, "sparse", None)
+        if self.meta.sparse_vocab is None:
+            return None
+        if rows is None:
+            if required:
+                raise FailedPrecondition(
+                    f"collection {self.name!r} keeps a sparse index ({self.strategy!r} is a dual "
+                    f"strategy); the {what} has no sparse part"
+                )
+            return None
+        from scipy import sparse
+
+        rows = sparse.csr_matrix(rows, dtype=np.float32)
+        if rows.shape != (len(embedding), self.meta.sparse_vocab):
+            raise InvalidArgument(
+                f"{what}: sparse part has shape {list(rows.shape)}, expected "
+                f"[{len(embedding)}, {self.meta.sparse_vocab}]"
+            )
+        return rows
+
+    def _fused_search(
+        self,
+        queries: np.ndarray,
+        q_sparse: Any,
+        k: int,
+        allowed: np.ndarray | None,
+        weight: float | None,
+        depth: int,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        depth = max(k, depth)
+        d_scores, d_seqs = self._index.search(queries, depth, allowed)
+        s_scores, s_seqs = self._sparse.search(q_sparse, depth, allowed)  # type: ignore[union-attr]
+        w = 0.5 if weight is None else float(weight)
+        out_s = np.zeros((len(queries), k), np.float32)
+        out_i = np.full((len(queries), k), -1, np.int64)
+        for q in range(len(queries)):
+            dense = {str(s): float(v) for v, s in zip(d_scores[q], d_seqs[q]) if s >= 0}
+            sparse_run = {str(s): float(v) for v, s in zip(s_scores[q], s_seqs[q]) if s >= 0}
+            for j, (seq, score) in enumerate(convex_fuse(dense, sparse_run, w, k)):
+                out_s[q, j], out_i[q, j] = score, int(seq)
+        return out_s, out_i
+
+    def _apply_sparse(self, change: Any) -> None:
+        """As :meth:`_apply`, for the sparse side index."""
+        try:
+            change()
+        except Exception:
+            log.exception("sparse index update failed in %r; rebuilding it", self.name)
+            self._sparse = self._rebuild_sparse()
+
+    def _rebuild_sparse(self) -> SparseIndex | None:
+        """The sparse side index from the stored sparse vectors (None for dense-only)."""
+        if self.meta.sparse_vocab is None:
+            return None
+        rows = self._store.all_payloads()
+        index = SparseIndex(self.meta.sparse_vocab)
+        if rows:
+            seqs = np.array([r[0] for r in rows], np.int64)
+            index.add(seqs, decode_sparse_rows([r[1] for r in rows], self.meta.sparse_vocab))
+        return index
 
     def _decode(self, rows: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray]:
         dtype = np.uint8 if self.output_kind == "binary" else np.float32

@@ -108,9 +108,11 @@ class CollectionManager:
         index_kind: str,
         index_config: IndexConfig | dict[str, Any] | None = None,
         backend: str = "faiss",
+        sparse_vocab: int | None = None,
     ) -> Any:
         """A new empty collection; its settings are fixed from now on. ``backend``: ``faiss``
-        (files in this folder) or ``milvus`` (see ``embedsvc.collections.milvus``)."""
+        (files in this folder) or ``milvus`` (see ``embedsvc.collections.milvus``).
+        ``sparse_vocab``: keep a sparse side index of that width (dual strategies)."""
         validate_name(name)
         if backend not in ("faiss", "milvus"):
             raise InvalidArgument(
@@ -144,6 +146,12 @@ class CollectionManager:
                 field="index_kind",
             )
         config = check_index_config(index_config, dim)  # bounded: InvalidArgument naming the field
+        if sparse_vocab is not None and backend != "faiss":
+            raise InvalidArgument(
+                "a dual strategy's sparse side index (sparse_vocab) is kept by FAISS collections "
+                "only; use backend faiss",
+                field="backend",
+            )
         if config.milvus_index_type and backend != "milvus":
             raise InvalidArgument(
                 "milvus_index_type applies to Milvus collections only (backend: milvus)",
@@ -156,6 +164,7 @@ class CollectionManager:
             dim=dim,
             index_kind=index_kind,
             index_config=config,
+            sparse_vocab=sparse_vocab,
             backend=backend,
         )
         with self._lock:

@@ -239,6 +239,14 @@ class DocStore:
             rows = self._conn.execute(sql + " ORDER BY seq", params).fetchall()
         yield from rows
 
+    def all_payloads(self) -> list[tuple[int, bytes]]:
+        """(seq, payload bytes) of every live document that has one, by seq."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT p.seq, p.data FROM payloads p JOIN docs d ON d.seq = p.seq ORDER BY p.seq"
+            ).fetchall()
+        return [(int(seq), bytes(data)) for seq, data in rows]
+
     def payloads_by_id(self, ids: Sequence[str]) -> dict[str, bytes]:
         """Stored strategy payloads (``Embedding.payloads``) by document id; absent if none."""
         out: dict[str, bytes] = {}

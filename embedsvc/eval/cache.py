@@ -84,18 +84,23 @@ def encode_texts(
     *,
     normalize: bool = True,
     progress: Callable[[int], None] | None = None,
+    sparse_out: list | None = None,
 ) -> np.ndarray:
     """Encode ``texts`` in length-sorted chunks; returns the vectors in input order.
 
     Sorting by length keeps padding low inside each chunk (as sentence-transformers does);
-    ``progress(n)`` is called after each chunk with the number of texts done in it.
+    ``progress(n)`` is called after each chunk with the number of texts done in it. For a dual
+    strategy, ``sparse_out`` (a list) receives the sparse CSR of the texts, in input order.
     """
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]), reverse=True)
     parts: list[np.ndarray] = []
+    sparse_parts: list = []
     for start in range(0, len(order), CHUNK):
         idx = order[start : start + CHUNK]
         emb = strategy.encode([texts[i] for i in idx], role, normalize=normalize, truncate=True)
         parts.append(np.asarray(emb.vectors))
+        if emb.sparse is not None:
+            sparse_parts.append(emb.sparse)
         if progress is not None:
             progress(len(idx))
     if not parts:
@@ -105,6 +110,11 @@ def encode_texts(
     sorted_vecs = np.concatenate(parts)
     out = np.empty_like(sorted_vecs)
     out[np.asarray(order)] = sorted_vecs
+    if sparse_out is not None and sparse_parts:
+        from scipy import sparse
+
+        stacked = sparse.vstack(sparse_parts, format="csr")
+        sparse_out.append(stacked[np.argsort(np.asarray(order))])
     return out
 
 
@@ -138,3 +148,42 @@ def cached_encode(
     if use_cache:
         _save_atomic(path, vectors)
     return vectors
+
+
+def cached_encode_dual(
+    strategy: Strategy,
+    texts: Sequence[str],
+    role: Role,
+    *,
+    cache_dir: Path | None = None,
+    use_cache: bool = True,
+    desc: str = "encoding",
+) -> tuple[np.ndarray, object]:
+    """(dense vectors, sparse CSR) of a dual strategy's texts, cached like :func:`cached_encode`
+    (the sparse part as ``.sparse.npz`` beside the dense ``.npy``)."""
+    from scipy import sparse
+
+    texts = list(texts)
+    root = cache_dir if cache_dir is not None else default_cache_dir()
+    path = cache_path(root, strategy, role, texts_digest(texts), True)
+    spath = path.with_suffix(".sparse.npz")
+    if use_cache and path.is_file() and spath.is_file():
+        try:
+            arr, mat = np.load(path, allow_pickle=False), sparse.load_npz(spath).tocsr()
+            if arr.shape[0] == mat.shape[0] == len(texts):
+                return arr, mat
+        except (OSError, ValueError):
+            pass
+    out: list = []
+    with tqdm(total=len(texts), desc=desc, unit="text", leave=False) as bar:
+        vectors = encode_texts(strategy, texts, role, progress=bar.update, sparse_out=out)
+    if not out:
+        raise ValueError(f"strategy {strategy.name!r} returned no sparse part")
+    if use_cache:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz")
+        os.close(fd)
+        sparse.save_npz(tmp, out[0])
+        os.replace(tmp, spath)
+        _save_atomic(path, vectors)
+    return vectors, out[0]

@@ -109,6 +109,16 @@ def retrieval_command(
             help="score a subset: every judged document + seeded random distractors up to N",
         ),
     ] = None,
+    bm25: Annotated[
+        bool, typer.Option("--bm25", help="add the BM25 (bm25s) and BM25 + dense hybrid rows")
+    ] = False,
+    tune_qrels: Annotated[
+        Path | None,
+        typer.Option(
+            "--tune-qrels",
+            help="qrels of other queries (e.g. the train split) to choose fusion weights on",
+        ),
+    ] = None,
     as_json: JsonOpt = False,
     cache_dir: CacheDirOpt = None,
     no_cache: NoCacheOpt = False,
@@ -123,11 +133,119 @@ def retrieval_command(
             queries,
             qrels,
             max_docs=max_docs,
+            bm25=bm25,
+            tune_qrels=tune_qrels,
             cache_dir=cache_dir,
             use_cache=not no_cache,
         ),
         as_json,
     )
+
+
+@eval_app.command("compare")
+def compare_command(
+    task: Annotated[str, typer.Option("--task", help="retrieval or sts")] = "retrieval",
+    strategies: Annotated[
+        str | None,
+        typer.Option(
+            "--strategies",
+            help="comma-separated names (default: every encoder strategy; decoder-LLM ones "
+            "on request, best with --max-docs)",
+        ),
+    ] = None,
+    corpus: Annotated[Path | None, typer.Option("--corpus", help="BEIR corpus")] = None,
+    queries: Annotated[Path | None, typer.Option("--queries", help="BEIR queries")] = None,
+    qrels: Annotated[Path | None, typer.Option("--qrels", help="BEIR qrels TSV")] = None,
+    file: Annotated[Path | None, typer.Option("--file", "-f", help="STS file")] = None,
+    tune_qrels: Annotated[
+        Path | None, typer.Option("--tune-qrels", help="qrels to choose hybrid weights on")
+    ] = None,
+    no_bm25: Annotated[bool, typer.Option("--no-bm25", help="leave out the BM25 rows")] = False,
+    max_docs: Annotated[
+        int | None, typer.Option("--max-docs", min=1, help="judged docs + distractors up to N")
+    ] = None,
+    sample: Annotated[int, typer.Option("--sample", min=1, help="texts timed per row")] = 64,
+    plot_file: Annotated[
+        Path | None, typer.Option("--plot", help="write quality vs cost as a PNG")
+    ] = None,
+    as_json: JsonOpt = False,
+    cache_dir: CacheDirOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """One table of several strategies (and BM25 peers): quality, encode ms/text, bytes/doc."""
+    from embedsvc.eval import compare
+
+    names = (
+        [s.strip() for s in strategies.split(",") if s.strip()]
+        if strategies
+        else list(compare.DEFAULT_STRATEGIES)
+    )
+    cache = {"cache_dir": cache_dir, "use_cache": not no_cache}
+
+    def task_fn() -> dict[str, Any]:
+        if task == "retrieval":
+            if corpus is None or queries is None or qrels is None:
+                raise EmbedsvcError("--task retrieval needs --corpus, --queries and --qrels")
+            result = compare.compare_retrieval(
+                names,
+                corpus,
+                queries,
+                qrels,
+                bm25=not no_bm25,
+                tune_qrels=tune_qrels,
+                max_docs=max_docs,
+                sample=sample,
+                **cache,
+            )
+        elif task == "sts":
+            if file is None:
+                raise EmbedsvcError("--task sts needs --file")
+            result = compare.compare_sts(names, file, sample=sample, **cache)
+        else:
+            raise EmbedsvcError(f"unknown task {task!r}: use retrieval or sts")
+        if plot_file is not None:
+            compare.plot(result, plot_file)
+            result["plot"] = str(plot_file)
+        return result
+
+    try:
+        if as_json:
+            with contextlib.redirect_stdout(sys.stderr):
+                result = task_fn()
+        else:
+            result = task_fn()
+    except EmbedsvcError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+    except OSError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if as_json:
+        typer.echo(json.dumps(result, default=_finite))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    title = f"{result['task']} / {result['dataset']}"
+    if result.get("docs"):
+        title += f" ({result['docs']})"
+    table = Table(title=title)
+    for col in ("strategy", result["metric"], "R@100", "encode ms/text", "bytes/doc", "index"):
+        table.add_column(col)
+    for row in result["rows"]:
+        recall = row.get("recall@100")
+        table.add_row(
+            row["name"],
+            f"{row['quality']:.2f}",
+            "" if recall is None else f"{recall:.2f}",
+            f"{row['encode_ms']:.2f}",
+            f"{row['bytes_per_doc']:.0f}",
+            row["index_kind"],
+        )
+    Console().print(table)
+    for name, why in (result.get("skipped") or {}).items():
+        Console().print(f"skipped {name}: {why}")
+    Console().print("encode ms are wall-clock on this machine: compare them only from a quiet run")
 
 
 @eval_app.command("context")

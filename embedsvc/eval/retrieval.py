@@ -101,6 +101,21 @@ def judged_subset(
     return [d for d in doc_ids if d in keep]
 
 
+def _run_of(qids, doc_ids, scores, idx) -> dict[str, dict[str, float]]:
+    return {
+        q: {doc_ids[j]: float(sc) for sc, j in zip(scores[qi], idx[qi], strict=True) if j >= 0}
+        for qi, q in enumerate(qids)
+    }
+
+
+def _ndcg10(qrels: dict[str, dict[str, int]]):
+    return lambda run: score_run(qrels, {q: run[q] for q in qrels}, (10,))["ndcg@10"]
+
+
+def _prefixed(prefix: str, metrics: dict[str, float]) -> dict[str, float]:
+    return {f"{prefix}/{k}": v for k, v in metrics.items()}
+
+
 def evaluate_retrieval(
     strategy: Strategy,
     corpus: str | Path,
@@ -108,6 +123,8 @@ def evaluate_retrieval(
     qrels: str | Path,
     k_values: Sequence[int] = (10, 100),
     max_docs: int | None = None,
+    bm25: bool = False,
+    tune_qrels: str | Path | None = None,
     **cache: Any,
 ) -> dict[str, Any]:
     """nDCG@k and Recall@k (x100) of exact search with ``strategy`` on a BEIR dataset.
@@ -115,30 +132,60 @@ def evaluate_retrieval(
     ``max_docs`` scores a :func:`judged_subset` of the corpus instead of all of it.
     ``cache`` is passed to :func:`embedsvc.eval.cache.cached_encode` (``cache_dir``,
     ``use_cache``); the corpus embeddings are what makes a second run fast.
+
+    A *dual* strategy (one with ``sparse_vocab``, e.g. ``dupmae_dual``) is scored as it
+    serves: dense top-100 and exact sparse top-100 fused with its ``fusion_weight``; the
+    channels alone are reported as ``dense/...`` and ``sparse/...``.
+
+    ``bm25`` adds the peer rows ``bm25/...`` (``bm25s`` defaults) and ``hybrid/...``: BM25 and
+    this strategy's dense channel fused the same way (convex, min-max over each top-100). The
+    hybrid weight (and, for a dual strategy, ``tuned/...``: its own fusion re-tuned) is chosen
+    on ``tune_qrels`` (judged queries from the same queries file, e.g. the train split), never
+    on ``qrels``; without ``tune_qrels`` the hybrid uses 0.5.
     """
+    from embedsvc.indexes.fusion import fuse_runs, tune_weight
+
     start = time.perf_counter()
     docs = read_corpus(corpus)
     all_queries = read_queries(queries)
     judged = read_qrels(qrels)
-    missing = [q for q in judged if q not in all_queries]
-    if missing:
+    tune = read_qrels(tune_qrels) if tune_qrels is not None else {}
+    for path, rels in ((qrels, judged), (tune_qrels, tune)):
+        missing = [q for q in rels if q not in all_queries]
+        if missing:
+            raise InvalidArgument(
+                f"{path}: {len(missing)} judged query id(s) not in {queries}, e.g. {missing[0]!r}"
+            )
+    overlap = set(tune) & set(judged)
+    if overlap:
         raise InvalidArgument(
-            f"{qrels}: {len(missing)} judged query id(s) not in {queries}, e.g. {missing[0]!r}"
+            f"--tune-qrels shares {len(overlap)} queries with --qrels: tune on other queries"
         )
-    qids = list(judged)
+    qids = list(judged) + [q for q in tune if q not in judged]
     doc_ids = list(docs)
     if max_docs is not None:
         doc_ids = judged_subset(doc_ids, judged, max_docs)
-    doc_vecs = cached_encode(
-        strategy, [docs[d].passage() for d in doc_ids], Role.PASSAGE, desc="corpus", **cache
-    )
-    query_vecs = cached_encode(
-        strategy, [all_queries[q] for q in qids], Role.QUERY, desc="queries", **cache
-    )
-    scores, idx = search(strategy, doc_vecs, query_vecs, max(k_values))
-    run: dict[str, dict[str, float]] = {}
-    for qi, q in enumerate(qids):
-        run[q] = {doc_ids[j]: float(s) for s, j in zip(scores[qi], idx[qi], strict=True) if j >= 0}
+    passages = [docs[d].passage() for d in doc_ids]
+    q_texts = [all_queries[q] for q in qids]
+    depth = max(max(k_values), 100)
+    dual = getattr(strategy, "sparse_vocab", None) is not None
+    if dual:
+        from embedsvc.eval.cache import cached_encode_dual
+        from embedsvc.indexes.sparse import SparseIndex
+
+        doc_vecs, doc_sparse = cached_encode_dual(
+            strategy, passages, Role.PASSAGE, desc="corpus", **cache
+        )
+        query_vecs, query_sparse = cached_encode_dual(
+            strategy, q_texts, Role.QUERY, desc="queries", **cache
+        )
+        sindex = SparseIndex(doc_sparse.shape[1])  # type: ignore[union-attr]
+        sindex.add(np.arange(len(doc_ids)), doc_sparse)
+        sparse_run = _run_of(qids, doc_ids, *sindex.search(query_sparse, depth))
+    else:
+        doc_vecs = cached_encode(strategy, passages, Role.PASSAGE, desc="corpus", **cache)
+        query_vecs = cached_encode(strategy, q_texts, Role.QUERY, desc="queries", **cache)
+    dense_run = _run_of(qids, doc_ids, *search(strategy, doc_vecs, query_vecs, depth))
     result: dict[str, Any] = {
         "task": "retrieval",
         "strategy": strategy.name,
@@ -148,6 +195,31 @@ def evaluate_retrieval(
     }
     if max_docs is not None:
         result["subset"] = f"judged documents + seeded (0) distractors up to {max_docs}"
-    result.update(score_run(judged, run, k_values))
-    result.update(n_queries=len(qids), n_docs=len(doc_ids), seconds=time.perf_counter() - start)
+    if dual:
+        weight = float(strategy.fusion_weight)  # type: ignore[attr-defined]
+        main_run = fuse_runs(dense_run, sparse_run, weight, depth)
+        result["fusion_weight"] = weight
+    else:
+        main_run = dense_run
+    result.update(score_run(judged, {q: main_run[q] for q in judged}, k_values))
+    if dual:
+        result.update(_prefixed("dense", score_run(judged, dense_run, k_values)))
+        result.update(_prefixed("sparse", score_run(judged, sparse_run, k_values)))
+        if tune:
+            w, _ = tune_weight(_ndcg10(tune), dense_run, sparse_run)
+            result["tuned/fusion_weight"] = w
+            tuned = fuse_runs(dense_run, sparse_run, w, depth)
+            result.update(_prefixed("tuned", score_run(judged, tuned, k_values)))
+    if bm25:
+        from embedsvc.eval.bm25 import bm25_run
+
+        b_run = bm25_run(doc_ids, passages, qids, q_texts, depth)
+        result.update(_prefixed("bm25", score_run(judged, b_run, k_values)))
+        w = tune_weight(_ndcg10(tune), dense_run, b_run)[0] if tune else 0.5
+        result["hybrid/weight"] = w
+        hybrid = fuse_runs(dense_run, b_run, w, depth)
+        result.update(_prefixed("hybrid", score_run(judged, hybrid, k_values)))
+        if tune:
+            result["hybrid/tuned_on"] = str(tune_qrels)
+    result.update(n_queries=len(judged), n_docs=len(doc_ids), seconds=time.perf_counter() - start)
     return result

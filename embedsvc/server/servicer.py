@@ -77,7 +77,20 @@ class EmbeddingServicer(egrpc.EmbeddingServiceServicer):
             vectors=tensor_from_numpy(emb.vectors),
             token_counts=emb.token_counts.tolist(),
             truncated_tokens=emb.truncated_tokens.tolist(),
+            sparse=sparse_to_proto(emb.sparse),
         )
+
+
+def sparse_to_proto(matrix: Any) -> list[epb.SparseVector]:
+    """Rows of a CSR as ``SparseVector`` messages (none for dense-only strategies)."""
+    if matrix is None:
+        return []
+    m = matrix.tocsr()
+    m.sort_indices()
+    return [
+        epb.SparseVector(indices=m.indices[a:b].tolist(), values=m.data[a:b].tolist())
+        for a, b in zip(m.indptr[:-1], m.indptr[1:], strict=True)
+    ]
 
 
 def collection_to_proto(info: dict[str, Any]) -> cpb.Collection:

@@ -138,6 +138,17 @@ class Strategy(ABC):
         vectors = np.asarray(outputs["embedding"], dtype=np.float32)
         return (l2_normalize(vectors) if normalize else vectors), None
 
+    #: width of the sparse view (``Embedding.sparse``) of a dual strategy; None = dense only.
+    #: Collections keep a sparse side index of this width and fuse it with the dense one
+    sparse_vocab: int | None = None
+
+    def post_sparse(
+        self, outputs: dict[str, np.ndarray], feeds: dict[str, np.ndarray], role: Role
+    ) -> Any:
+        """A dual strategy's sparse view of one batch (``scipy.sparse`` CSR ``[b, vocab]``);
+        None for dense-only strategies (the default)."""
+        return None
+
     # -- running -------------------------------------------------------------------------------
 
     @property

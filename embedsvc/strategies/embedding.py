@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -37,6 +37,10 @@ class Embedding:
     #: optional per-text bytes a collection stores beside each document and hands back to
     #: ``Strategy.rescore`` (e.g. BTR token codes); None for strategies without one
     payloads: list[bytes] | None = None
+    #: optional second, sparse view of the same texts (``scipy.sparse`` CSR ``[n, vocab]``,
+    #: non-negative weights per vocabulary id) for dual strategies such as ``dupmae_dual``;
+    #: collections index it beside the dense vectors and fuse both at search time
+    sparse: Any = None
 
     def __len__(self) -> int:
         return int(self.vectors.shape[0])
@@ -59,6 +63,7 @@ class Embedding:
             self.token_counts[start:stop],
             self.truncated_tokens[start:stop],
             payloads=None if self.payloads is None else self.payloads[start:stop],
+            sparse=None if self.sparse is None else self.sparse[start:stop],
         )
 
     @staticmethod
@@ -77,4 +82,16 @@ class Embedding:
                 if any(p.payloads is None for p in parts)
                 else [x for p in parts for x in p.payloads]  # type: ignore[union-attr]
             ),
+            sparse=(
+                None
+                if any(p.sparse is None for p in parts)
+                else vstack_sparse([p.sparse for p in parts])
+            ),
         )
+
+
+def vstack_sparse(parts: list[Any]) -> Any:
+    """Stack ``scipy.sparse`` rows into one CSR (the sparse view of concatenated texts)."""
+    from scipy import sparse
+
+    return sparse.vstack(parts, format="csr")

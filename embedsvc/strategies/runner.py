@@ -17,7 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from embedsvc.strategies.embedding import Embedding, Role
+from embedsvc.strategies.embedding import Embedding, Role, vstack_sparse
 from embedsvc.strategies.features import apply_token_limit, check_texts
 
 
@@ -154,9 +154,20 @@ class Runner:
 
         def finish(out: dict[str, Any], feeds: dict[str, np.ndarray]) -> dict[str, Any]:
             vectors, payloads = s.post(out, feeds, role, normalize)
-            return {"vectors": vectors, "payloads": payloads}
+            done = {"vectors": vectors, "payloads": payloads}
+            block = s.post_sparse(out, feeds, role)  # a dual strategy's CSR rows, else None
+            if block is not None:
+                done["sparse"] = [block[j] for j in range(block.shape[0])]
+            return done
 
         out, seen, truncated = self._run(texts, role, truncate, finish)
+        rows = out.get("sparse")
         return Embedding(
-            s.output_kind, out["vectors"], s.dim, seen, truncated, payloads=out.get("payloads")
+            s.output_kind,
+            out["vectors"],
+            s.dim,
+            seen,
+            truncated,
+            payloads=out.get("payloads"),
+            sparse=None if rows is None else vstack_sparse(rows),
         )

@@ -290,3 +290,6 @@ for _name, _artifact, _channels in (
     ("dupmae_pt_ot", "dupmae/pretrained", "ot"),
 ):
     _variant(_name, _artifact, _channels)
+
+# the dual view (dense + exact sparse OT channel) registers ``dupmae_dual``
+from embedsvc.strategies.dupmae import dual as _dual  # noqa: E402,F401
