@@ -87,8 +87,12 @@ class Strategy(ABC):
     # -- the three stages ----------------------------------------------------------------------
 
     def pre(self, texts: list[str], role: Role) -> Features:
-        """Token ids (within the limit) and untruncated counts of each text."""
-        raise NotImplementedError(f"strategy {self.name!r} has no pre stage")
+        """Token ids (within the limit) and untruncated counts of each text.
+
+        Every registered strategy defines it (``HFStrategy`` gives the tokenizer's); only a
+        strategy that replaces ``encode`` whole (the eval tests' doubles) may leave it out, and
+        then a call that needs it fails here by name."""
+        raise NotImplementedError(f"strategy {self.name!r} replaces encode and has no pre stage")
 
     def build_core(self) -> Any:
         """The core module (built once, on first use of :attr:`core`); None = no model."""
