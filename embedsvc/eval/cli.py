@@ -42,19 +42,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _run(task: Callable[[], dict[str, Any]], as_json: bool) -> None:
+def _call(task: Callable[[], dict[str, Any]], as_json: bool) -> dict[str, Any]:
+    """``task()``, with progress kept off stdout under ``--json``; a user error exits 2 with
+    its message."""
     try:
         if as_json:
             with contextlib.redirect_stdout(sys.stderr):
-                result = task()
-        else:
-            result = task()
+                return task()
+        return task()
     except EmbedsvcError as exc:
         typer.echo(f"error: {exc.message}", err=True)
         raise typer.Exit(2) from None
     except OSError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
+
+
+def _run(task: Callable[[], dict[str, Any]], as_json: bool) -> None:
+    result = _call(task, as_json)
     result = {k: _finite(v) for k, v in result.items()}
     if as_json:
         typer.echo(json.dumps(result))
@@ -208,18 +213,7 @@ def compare_command(
             result["plot"] = str(plot_file)
         return result
 
-    try:
-        if as_json:
-            with contextlib.redirect_stdout(sys.stderr):
-                result = task_fn()
-        else:
-            result = task_fn()
-    except EmbedsvcError as exc:
-        typer.echo(f"error: {exc.message}", err=True)
-        raise typer.Exit(2) from None
-    except OSError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    result = _call(task_fn, as_json)
     if as_json:
         typer.echo(json.dumps(result, default=_finite))
         return
