@@ -144,8 +144,12 @@ def filter_sql(filter: dict[str, Any]) -> tuple[str, list[Any]]:
     params: list[Any] = []
     for key, value in filter.items():
         parts = key.split(".") if isinstance(key, str) else []
-        if not parts or any(not p or '"' in p for p in parts):
-            raise InvalidArgument(f"bad filter key {shorten(key)}", field="filter")
+        # SQLite's JSON path parser refuses quotes and control characters inside a key
+        if not parts or any(not p or '"' in p or not p.isprintable() for p in parts):
+            raise InvalidArgument(
+                f"bad filter key {shorten(key)}: keys are printable text without '\"'",
+                field="filter",
+            )
         path = "$" + "".join(f'."{p}"' for p in parts)
         if value is None:
             clauses.append("json_type(metadata, ?) = 'null'")

@@ -86,3 +86,19 @@ def test_a_collection_with_out_of_bounds_settings_is_refused_not_opened(tmp_path
             manager.get("c")
         manager.delete("c")  # what the message advises works without opening it
         assert manager.list() == []
+
+
+def test_filter_keys_sqlite_cannot_parse_are_refused() -> None:
+    """A NUL or other control character in a filter key broke SQLite's JSON path (a 500 found
+    by the HTTP fuzz test); it is now INVALID_ARGUMENT naming the filter."""
+    import pytest as _pytest
+
+    from embedsvc.collections.store import filter_sql
+    from embedsvc.errors import InvalidArgument
+
+    for key in ("\x00", "a\nb", 'x"y', "ok.\x1f"):
+        with _pytest.raises(InvalidArgument) as err:
+            filter_sql({key: None})
+        assert err.value.field == "filter"
+    sql, params = filter_sql({"lang": "en", "größe": 1})
+    assert sql and params
